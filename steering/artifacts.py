@@ -1,0 +1,115 @@
+"""Rules every artifact (steering vector, probe) obeys on disk: names, paths, finiteness, model match.
+
+Loaders raise ArtifactError with the file and the reason so the CLI can print one
+line and the server can refuse a file while it keeps serving.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """An artifact file that cannot be used; str() names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def check_name(name: str, path: str | Path = "<name>") -> str:
+    """Names are file stems: no separators, no '..', nothing a path could escape with."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in (".", ".."):
+        raise ArtifactError(path, f"name {name!r} is not allowed; use 1-64 characters from [A-Za-z0-9_.-]")
+    return name
+
+
+def path_in_library(library: str | Path, name: str, suffix: str) -> Path:
+    """The path of NAME+suffix inside library, refusing anything that would leave it."""
+    check_name(name, Path(library) / f"{name}{suffix}")
+    root = Path(library).resolve()
+    candidate = (root / f"{name}{suffix}").resolve()
+    if candidate.parent != root:
+        raise ArtifactError(candidate, f"path leaves the library {root}")
+    return candidate
+
+
+def check_finite(path: str | Path, what: str, array: np.ndarray) -> None:
+    if not np.all(np.isfinite(array)):
+        raise ArtifactError(path, f"{what} contains NaN or Inf values")
+
+
+def check_model_match(path: str | Path, meta: dict, *, fingerprint: str | None, hidden_size: int | None) -> None:
+    """Refuse an artifact built for a different model, at load time rather than at the first request."""
+    if hidden_size is not None and int(meta.get("hidden_size", -1)) != int(hidden_size):
+        raise ArtifactError(path, f"hidden size {meta.get('hidden_size')} does not match the model's {hidden_size}")
+    if fingerprint is not None and meta.get("model_fingerprint") not in (None, fingerprint):
+        raise ArtifactError(
+            path,
+            f"model fingerprint {str(meta.get('model_fingerprint'))[:12]} does not match the loaded model's {fingerprint[:12]}",
+        )
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArtifactError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(path, f"cannot read: {exc}") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ArtifactError(path, f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(path, "metadata must be a JSON object")
+    return data
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, allow_nan=False, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def require_fields(path: str | Path, meta: dict, fields: Iterable[str]) -> None:
+    missing = [f for f in fields if f not in meta]
+    if missing:
+        raise ArtifactError(path, f"metadata is missing {', '.join(missing)}")
+
+
+def dataset_hash(paths: Iterable[str | Path]) -> str:
+    """sha256 over the bytes of the dataset files, in the order given."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def json_safe_float(x: float) -> float | None:
+    """Floats that JSON can carry: NaN and Inf become null."""
+    x = float(x)
+    return x if math.isfinite(x) else None

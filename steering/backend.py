@@ -1,0 +1,97 @@
+"""Per-backend runtime choices: which BLAS mlx uses on Linux CPU, and the compute dtype.
+
+The Linux `mlx[cpu]` wheel links the reference BLAS (~4 GFLOP/s for a float32
+matmul). Debian's OpenBLAS (`libopenblas0-pthread`) is ~50x faster, and mlx picks
+it up if it is loaded into the global symbol scope *before* `mlx.core` is
+imported. That is why `steering/__init__.py` calls `prefer_fast_blas()` first.
+
+On Metal we keep the model's own (usually 4-bit) weights: the GPU kernels are
+fast and memory is the constraint. On CPU, mlx's quantized matmul is slow, so the
+default is to dequantize to float32 and use OpenBLAS.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+from dataclasses import dataclass
+
+# Environment switches, documented in the README.
+ENV_BLAS = "MLX_INTERP_BLAS"  # "auto" (default), "reference" to keep mlx's own, or a path to a BLAS .so
+ENV_DTYPE = "MLX_INTERP_DTYPE"  # "auto", "float32", "float16", "bfloat16", "native" (keep checkpoint dtype/quantization)
+
+OPENBLAS_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+    "/usr/local/lib/libopenblas.so.0",
+)
+
+
+@dataclass(frozen=True)
+class BlasChoice:
+    path: str | None  # the library loaded, or None when mlx's own is used
+    reason: str
+
+
+_blas_choice: BlasChoice | None = None  # process-wide fact, set once before mlx loads
+
+
+def prefer_fast_blas() -> BlasChoice:
+    """Load OpenBLAS into the global symbol scope if we are on Linux and mlx is not loaded yet."""
+    global _blas_choice
+    if _blas_choice is not None:
+        return _blas_choice
+    wanted = os.environ.get(ENV_BLAS, "auto")
+    if platform.system() != "Linux":
+        _blas_choice = BlasChoice(None, "not Linux: mlx uses Accelerate/Metal")
+    elif wanted == "reference":
+        _blas_choice = BlasChoice(None, f"{ENV_BLAS}=reference")
+    elif "mlx.core" in sys.modules:
+        _blas_choice = BlasChoice(None, "mlx.core was imported before steering; BLAS left as is")
+    else:
+        candidates = OPENBLAS_CANDIDATES if wanted == "auto" else (wanted,)
+        _blas_choice = BlasChoice(None, "OpenBLAS not found (apt-get install libopenblas0-pthread)")
+        for path in candidates:
+            if os.path.exists(path):
+                try:
+                    ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
+                except OSError as exc:
+                    _blas_choice = BlasChoice(None, f"could not load {path}: {exc}")
+                    continue
+                _blas_choice = BlasChoice(path, "loaded before mlx")
+                break
+    return _blas_choice
+
+
+def blas_choice() -> BlasChoice:
+    return prefer_fast_blas()
+
+
+def default_device_kind() -> str:
+    """'gpu' when mlx has a Metal or CUDA device, else 'cpu'."""
+    import mlx.core as mx
+
+    try:
+        return "gpu" if mx.default_device() == mx.gpu else "cpu"
+    except Exception:  # very old mlx without device query
+        return "cpu"
+
+
+def resolve_dtype(requested: str | None = None) -> str:
+    """The compute dtype to load weights in.
+
+    'native' keeps the checkpoint's dtype and quantization (the Metal default).
+    On CPU the default is float32: dequantized weights through OpenBLAS are
+    ~2x faster to decode and ~10x faster at prompt processing than 4-bit.
+    """
+    choice = (requested or os.environ.get(ENV_DTYPE) or "auto").lower()
+    valid = ("auto", "native", "float32", "float16", "bfloat16")
+    if choice not in valid:
+        raise ValueError(f"dtype must be one of {', '.join(valid)}; got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "native" if default_device_kind() == "gpu" else "float32"
