@@ -1,0 +1,213 @@
+"""Batched, per-row-steered decoding: the loop the library and the server share.
+
+Each row is prefilled alone (so its prompt sees exactly its own interventions
+and a cache of its own), then joins a batch whose cache is mlx-lm's
+BatchKVCache. Every decode step runs all rows in one forward pass; the hook
+applies each row's steering and records each row's residual stream.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from .capture import Recorder, ResidualHook
+from .hooks import layer_hooks
+from .interventions import Intervention, Phase, RowSteering
+
+PREFILL_CHUNK = 512  # tokens per prompt forward pass: bounds activation memory on long prompts
+
+
+@dataclass
+class Prefill:
+    logits: object  # mx.array (V,) at the last prompt token
+    cache: list  # the row's own mlx-lm cache
+    hidden_last: object | None  # mx.array (L, D) last prompt token, steered, if captured
+    hidden_all: object | None = None  # mx.array (T, L, D) every processed prompt token, if asked
+
+
+@dataclass
+class Row:
+    uid: object
+    interventions: tuple[Intervention, ...]
+
+
+@contextmanager
+def steering_session(lm, capture_layers: Sequence[int] | None = None) -> Iterator["DecodeBatch"]:
+    """Install the hook once and hand out a DecodeBatch that drives it; removes the hook on exit."""
+    recorder = Recorder(layers=None if capture_layers is None else frozenset(capture_layers))
+    hook = ResidualHook(recorder=recorder)
+    with layer_hooks(lm.model, hook):
+        yield DecodeBatch(lm, hook)
+
+
+@dataclass
+class DecodeBatch:
+    lm: object
+    hook: ResidualHook
+    rows: list[Row] = field(default_factory=list)
+    cache: list | None = None  # batch caches, one per layer
+    _steering: RowSteering | None = None
+
+    # -- prompts -------------------------------------------------------------
+    def prefill(
+        self,
+        tokens: Sequence[int],
+        interventions: Sequence[Intervention] = (),
+        cache: list | None = None,
+        cached_tokens: int = 0,
+        capture_all: bool = False,
+    ) -> Prefill:
+        """Run a prompt alone. `cache` may hold the first `cached_tokens` already (a reused prefix)."""
+        import mlx.core as mx
+        from mlx_lm.models.cache import make_prompt_cache
+
+        if not tokens:
+            raise ValueError("empty prompt")
+        if cache is None:
+            cache, cached_tokens = make_prompt_cache(self.lm.model), 0
+        if cached_tokens >= len(tokens):  # whole prompt cached: recompute the last token for its logits
+            for c in cache:
+                c.trim(cached_tokens - len(tokens) + 1)
+            cached_tokens = len(tokens) - 1
+        self.hook.steering = RowSteering.build([tuple(interventions)], Phase.PROMPT)
+        recorder = self.hook.recorder
+        recorder.last_only = not capture_all
+        chunks_all = []
+        remaining = list(tokens[cached_tokens:])
+        logits = None
+        while remaining:
+            chunk, remaining = remaining[:PREFILL_CHUNK], remaining[PREFILL_CHUNK:]
+            recorder.clear()
+            out = self.lm.model(mx.array([chunk]), cache=cache)
+            logits = out[0, -1]
+            if capture_all:
+                chunks_all.append(self._stack_all())
+            mx.eval(logits, [c.state for c in cache], list(recorder.outputs.values()))
+        hidden_last = recorder.last_token_stack()[0] if recorder.outputs else None
+        recorder.last_only = True
+        self.hook.steering = self._steering
+        hidden_all = mx.concatenate(chunks_all, axis=0) if chunks_all else None
+        return Prefill(logits=logits, cache=cache, hidden_last=hidden_last, hidden_all=hidden_all)
+
+    def _stack_all(self):
+        import mlx.core as mx
+
+        outs = self.hook.recorder.outputs
+        return mx.stack([outs[k][0] for k in sorted(outs)], axis=1)  # (T, L, D)
+
+    # -- batch membership -----------------------------------------------------
+    def add(self, uid, prefill: Prefill, interventions: Sequence[Intervention] = ()) -> None:
+        from mlx_lm.models.cache import KVCache
+
+        row_cache = [KVCache.merge([c]) if not self.rows else c for c in prefill.cache]
+        if not self.rows:
+            self.cache = row_cache
+        else:
+            merged = [type(c).merge([r]) if hasattr(c, "merge") else None for c, r in zip(self.cache, prefill.cache)]
+            for mine, theirs in zip(self.cache, merged):
+                if theirs is None:
+                    raise ValueError(f"{type(mine).__name__} caches cannot be batched")
+                mine.extend(theirs)
+        self.rows.append(Row(uid, tuple(interventions)))
+        self._rebuild_steering()
+
+    def remove(self, uids) -> None:
+        uids = set(uids)
+        keep = [i for i, r in enumerate(self.rows) if r.uid not in uids]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache = None
+        else:
+            for c in self.cache:
+                c.filter(keep)
+        self._rebuild_steering()
+
+    def _rebuild_steering(self) -> None:
+        self._steering = RowSteering.build([r.interventions for r in self.rows], Phase.GENERATION) if self.rows else None
+        self.hook.steering = self._steering
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def uids(self) -> list:
+        return [r.uid for r in self.rows]
+
+    # -- decoding ---------------------------------------------------------------
+    def step(self, next_tokens: Sequence[int], capture: bool = True):
+        """Feed one token per row; returns (logits (B, V), hidden (B, L, D) or None), both lazy."""
+        import mlx.core as mx
+
+        if len(next_tokens) != len(self.rows):
+            raise ValueError(f"{len(next_tokens)} tokens for {len(self.rows)} rows")
+        self.hook.steering = self._steering
+        recorder = self.hook.recorder if capture else None
+        saved = self.hook.recorder
+        self.hook.recorder = recorder
+        try:
+            if recorder is not None:
+                recorder.clear()
+            logits = self.lm.model(mx.array(next_tokens)[:, None], cache=self.cache)[:, -1, :]
+            hidden = recorder.last_token_stack() if recorder is not None and recorder.outputs else None
+        finally:
+            self.hook.recorder = saved
+        return logits, hidden
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop" or "length"
+
+
+def generate(
+    lm,
+    prompts: Sequence[str | Sequence[int]],
+    interventions: Sequence[Sequence[Intervention]] | None = None,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    chat: bool = True,
+    seed: int | None = None,
+) -> list[Generation]:
+    """Generate for several prompts at once, each row with its own interventions."""
+    import mlx.core as mx
+    from mlx_lm.sample_utils import make_sampler
+
+    from .capture import encode
+
+    if seed is not None:
+        mx.random.seed(seed)
+    rows = list(interventions) if interventions is not None else [()] * len(prompts)
+    if len(rows) != len(prompts):
+        raise ValueError(f"{len(rows)} intervention lists for {len(prompts)} prompts")
+    sampler = make_sampler(temp=temperature)
+    eos = set(lm.tokenizer.eos_token_ids)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    finish = ["length"] * len(prompts)
+    with steering_session(lm, capture_layers=()) as batch:
+        pending = []
+        for i, (prompt, ivs) in enumerate(zip(prompts, rows)):
+            pre = batch.prefill(encode(lm, prompt, chat=chat), ivs)
+            batch.add(i, pre, ivs)
+            pending.append(pre.logits)
+        logits = mx.stack(pending)
+        for _ in range(max_tokens):
+            toks = sampler(logits).tolist()
+            live = []
+            for uid, tok in zip(batch.uids, toks):
+                if tok in eos:
+                    finish[uid] = "stop"
+                else:
+                    outputs[uid].append(tok)
+                    if len(outputs[uid]) < max_tokens:
+                        live.append((uid, tok))
+            batch.remove(set(batch.uids) - {uid for uid, _ in live})
+            if not live:
+                break
+            logits, _ = batch.step([tok for _, tok in live], capture=False)
+    return [Generation(lm.tokenizer.decode(o), o, f) for o, f in zip(outputs, finish)]

@@ -1,0 +1,73 @@
+"""Residual-stream hooks on any mlx-lm model, installed and removed by a context manager.
+
+A hook sees each decoder layer's output (the residual stream after that block)
+and may return a replacement. mlx-lm's model code reads attributes off its
+layer objects (`layer.use_sliding`, `layer.is_linear`, ...), so instead of
+wrapping a layer in another object we swap the layer's *class* for a subclass
+whose `__call__` runs the hook. The object, its attributes and its parameters
+stay exactly what the model code expects; removing the hook swaps the class back.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Protocol
+
+from .layers import decoder_layers
+
+_HOOK_ATTR = "_mlx_interp_hook"
+_ORIGINAL_CLASS_ATTR = "_mlx_interp_original_class"
+_hooked_classes: dict[type, type] = {}  # original class -> hooked subclass (immutable cache of types)
+
+
+class LayerHook(Protocol):
+    def __call__(self, layer_index: int, hidden):  # -> hidden (mx.array)
+        ...
+
+
+class HooksAlreadyInstalled(RuntimeError):
+    pass
+
+
+def _hooked_class(cls: type) -> type:
+    if cls not in _hooked_classes:
+
+        def __call__(self, *args, **kwargs):
+            out = cls.__call__(self, *args, **kwargs)
+            hook, index = self.__dict__[_HOOK_ATTR]
+            if isinstance(out, tuple):  # a few families return (hidden, extra)
+                return (hook(index, out[0]),) + out[1:]
+            return hook(index, out)
+
+        _hooked_classes[cls] = type(f"Hooked{cls.__name__}", (cls,), {"__call__": __call__})
+    return _hooked_classes[cls]
+
+
+def hooks_installed(model) -> bool:
+    return any(_HOOK_ATTR in layer.__dict__ for layer in decoder_layers(model))
+
+
+@contextmanager
+def layer_hooks(model, hook: Callable[[int, object], object]) -> Iterator[None]:
+    """Run `hook(layer_index, hidden) -> hidden` on every decoder layer's output inside the block.
+
+    The hooks are removed when the block exits, normally or by an exception.
+    One hook set per model at a time: nesting raises instead of silently
+    composing two owners' interventions.
+    """
+    layers = decoder_layers(model)
+    if hooks_installed(model):
+        raise HooksAlreadyInstalled("this model already has mlx-interp hooks installed")
+    installed = []
+    try:
+        for index, layer in enumerate(layers):
+            original = type(layer)
+            object.__setattr__(layer, _ORIGINAL_CLASS_ATTR, original)
+            object.__setattr__(layer, _HOOK_ATTR, (hook, index))
+            layer.__class__ = _hooked_class(original)
+            installed.append(layer)
+        yield
+    finally:
+        for layer in installed:
+            layer.__class__ = layer.__dict__.pop(_ORIGINAL_CLASS_ATTR)
+            layer.__dict__.pop(_HOOK_ATTR, None)

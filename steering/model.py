@@ -1,0 +1,126 @@
+"""Load a model for steering: the embedded default, an mlx-lm directory, a hub repo id, or a GGUF file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backend import resolve_dtype
+from .layers import decoder_layers
+
+
+@dataclass
+class LoadedModel:
+    """A model plus the facts artifacts are checked against.
+
+    `fingerprint` identifies the architecture and vocabulary, not the bytes of
+    the weights, so an artifact built on the float32 CPU load of a model is
+    accepted by the 4-bit Metal load of the same model.
+    """
+
+    model: Any  # mlx.nn.Module
+    tokenizer: Any  # mlx_lm TokenizerWrapper
+    model_id: str
+    path: str
+    fingerprint: str
+    hidden_size: int
+    num_layers: int
+    dtype: str
+    config: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def layers(self) -> list:
+        return decoder_layers(self.model)
+
+
+def resolve_model_path(spec: str, progress: bool = True) -> tuple[str, Path]:
+    """(model id, local mlx-lm directory) for a --model argument."""
+    from .default_model import DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_ID, cache_dir, ensure_default_model
+
+    if spec in (DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_ID):
+        return DEFAULT_MODEL_ID, ensure_default_model(progress=progress)
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        from .gguf_model import convert_gguf
+
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+        target = cache_dir() / "models" / f"gguf-{path.stem}-{digest}"
+        if not (target / "config.json").exists():
+            convert_gguf(path, target)
+        return path.stem, target
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is not an mlx-lm model directory (no config.json)")
+        return path.name, path
+    if path.exists():
+        raise ValueError(f"{path} is neither a model directory nor a .gguf file")
+    # A Hugging Face repo id: mlx-lm resolves it from the local hub cache or downloads it.
+    from mlx_lm.utils import hf_repo_to_path
+
+    return spec, Path(hf_repo_to_path(spec))
+
+
+def load_model(spec: str = "default", dtype: str | None = None, progress: bool = True) -> LoadedModel:
+    """Load `spec` in the compute dtype chosen for this backend (see backend.resolve_dtype)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.utils import dequantize_model, load
+
+    model_id, path = resolve_model_path(spec, progress=progress)
+    model, tokenizer = load(str(path))
+    config = json.loads((path / "config.json").read_text())
+    chosen = resolve_dtype(dtype)
+    if chosen != "native":
+        if "quantization" in config or "quantization_config" in config:
+            model = dequantize_model(model)
+        target = getattr(mx, chosen)
+        model.set_dtype(target, predicate=lambda d: mx.issubdtype(d, mx.floating))
+    mx.eval(model.parameters())
+    layers = decoder_layers(model)
+    hidden = _hidden_size(model, config)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        path=str(path),
+        fingerprint=model_fingerprint(config, tokenizer, len(layers), hidden),
+        hidden_size=hidden,
+        num_layers=len(layers),
+        dtype=chosen,
+        config=config,
+    )
+
+
+def _hidden_size(model, config: dict) -> int:
+    text_config = config.get("text_config", config)
+    for key in ("hidden_size", "d_model", "n_embd", "dim"):
+        if key in text_config:
+            return int(text_config[key])
+    args = getattr(model, "args", None)
+    if args is not None and hasattr(args, "hidden_size"):
+        return int(args.hidden_size)
+    raise ValueError("cannot tell the model's hidden size from its config")
+
+
+def model_fingerprint(config: dict, tokenizer, num_layers: int, hidden_size: int) -> str:
+    """sha256 over the architecture and the vocabulary (dtype and quantization excluded)."""
+    text_config = config.get("text_config", config)
+    arch = {
+        "model_type": text_config.get("model_type", config.get("model_type")),
+        "num_layers": num_layers,
+        "hidden_size": hidden_size,
+        "intermediate_size": text_config.get("intermediate_size"),
+        "num_attention_heads": text_config.get("num_attention_heads"),
+        "num_key_value_heads": text_config.get("num_key_value_heads"),
+    }
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    vocab_digest = hashlib.sha256(
+        "\n".join(f"{tok}\t{idx}" for tok, idx in sorted(vocab.items(), key=lambda kv: kv[1])).encode()
+    ).hexdigest()
+    payload = json.dumps({"arch": arch, "vocab": vocab_digest}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
