@@ -85,7 +85,7 @@ def _progress_bar(desc: str, enabled: bool):
         return None
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit="tensor", file=sys.stderr)
+    bar = tqdm(desc=desc, unit="tensor", file=sys.stderr, mininterval=0.5)
 
     def update(done: int, total: int) -> None:
         bar.total = total
