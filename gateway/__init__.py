@@ -1,0 +1,1 @@
+"""The HTTP server: OpenAI protocol, request parsing, batching engine, auth and limits."""

@@ -1,0 +1,90 @@
+"""`mlx-interp serve`: load a model and its libraries, then serve the OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .limits import add_limit_arguments, limits_from
+
+ENV_API_KEY = "MLX_INTERP_API_KEY"
+ENV_ADMIN_KEY = "MLX_INTERP_ADMIN_KEY"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve the OpenAI-compatible API with steering and probes",
+        description="Serve /v1/chat/completions and /v1/completions from one MLX model, with steering vectors and probes.",
+    )
+    p.add_argument("--model", default="default", help="'default', an mlx-lm model directory, a Hugging Face repo id or a .gguf file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --api-key)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--vectors", action="append", default=[], metavar="DIR", help="steering vector library (repeatable; the first takes uploads)")
+    p.add_argument("--probes", action="append", default=[], metavar="DIR", help="probe library (repeatable; the first takes uploads)")
+    p.add_argument("--presets", metavar="FILE", help="JSON file of presets: name -> {model, steer, probes}")
+    p.add_argument("--api-key", help=f"key required on every route but /health (or ${ENV_API_KEY})")
+    p.add_argument("--admin-key", help=f"key required to upload or delete vectors and probes (or ${ENV_ADMIN_KEY})")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="browser origin allowed to call the API (repeatable; none by default)")
+    p.add_argument("--dtype", default=None, help="auto, float32, float16, bfloat16 or native (keep the checkpoint's)")
+    p.add_argument("--log-level", default="warning", help="uvicorn log level")
+    add_limit_arguments(p)
+    p.set_defaults(func=serve)
+
+
+def build_gateway(args: argparse.Namespace):
+    """Everything but the socket: model, libraries, presets, engine. Prints refused artifacts, one line each."""
+    import steering  # noqa: F401  (OpenBLAS before mlx)
+    from steering.model import load_model
+
+    from .app import Gateway
+    from .auth import Keys
+    from .catalog import build_shelves
+    from .engine import Engine
+    from .presets import load_presets
+
+    limits = limits_from(args)
+    lm = load_model(args.model, dtype=args.dtype, progress=True)
+    model_ids = tuple(dict.fromkeys(["default", lm.model_id]))
+    vectors, probes = build_shelves(lm, args.vectors, args.probes)
+    for err in vectors.load_all() + probes.load_all():
+        print(f"refused {err}", file=sys.stderr)
+    presets = load_presets(args.presets, model_ids) if args.presets else {}
+    engine = Engine(lm, limits)
+    engine.start()
+    keys = Keys(api_key=args.api_key or os.environ.get(ENV_API_KEY) or None, admin_key=args.admin_key or os.environ.get(ENV_ADMIN_KEY) or None)
+    return Gateway(lm=lm, engine=engine, vectors=vectors, probes=probes, limits=limits, keys=keys, presets=presets,
+                   model_ids=model_ids, cors_origins=tuple(args.cors_origin))
+
+
+def example_curl(url: str, gateway) -> str:
+    import json
+
+    body = {"model": "default", "messages": [{"role": "user", "content": "What colour is grass?"}], "max_tokens": 32}
+    vectors, probes = gateway.vectors.names(), gateway.probes.names()
+    if vectors:
+        body["steer"] = {vectors[0]: gateway.vectors.get(vectors[0]).default_alpha}
+    if probes:
+        body["probes"] = [probes[0]]
+    auth = " -H 'Authorization: Bearer $MLX_INTERP_API_KEY'" if gateway.keys.api_key else ""
+    return f"curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{json.dumps(body)}'"
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .auth import is_loopback
+
+    api_key = args.api_key or os.environ.get(ENV_API_KEY)
+    if not is_loopback(args.host) and not api_key:
+        raise ValueError(f"refusing to bind {args.host} without an API key; pass --api-key or set {ENV_API_KEY}")
+    import uvicorn
+
+    from .app import create_app
+
+    gateway = build_gateway(args)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{args.port}"
+    print(f"serving {gateway.lm.model_id} at {url}  ({len(gateway.vectors.names())} vectors, {len(gateway.probes.names())} probes)")
+    print(f"try: {example_curl(url, gateway)}", flush=True)
+    uvicorn.run(create_app(gateway), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0

@@ -1,0 +1,501 @@
+"""The model thread: continuous batching over steering.generation.DecodeBatch.
+
+One thread owns the model. It installs the steering hook once
+(steering_session) and keeps it for the server's life. Requests arrive on a
+thread-safe queue; results go back to the event loop with
+loop.call_soon_threadsafe, one call per request per decode step.
+
+Each iteration:
+  1. launch the next decode step for every running row (lazy, async_eval'd),
+  2. read the previous step's tokens into Python while that runs,
+  3. drop rows that finished or whose client went away,
+  4. prefill waiting requests and join them to the batch.
+So the Python work of step t overlaps the forward pass of step t+1, as in
+mlx_lm.generate_step. A row that finished in step t costs one wasted row in
+step t+1.
+
+Probe readings: a token's reading is the residual stream after the model has
+read that token, which comes out of the step that feeds the token. Rows with
+probes therefore emit each token one step later, together with its reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+from steering.generation import steering_session
+from steering.interventions import Phase
+
+from .errors import APIError, QueueFull, Unavailable, as_api_error
+from .limits import Limits
+from .protocol import ChoiceSpec, GenerationSpec
+from .sampling import RowSampler, Sampled, sample
+from .stops import StopMatcher
+
+log = logging.getLogger("mlx_interp.gateway")
+
+RETRY_AFTER_S = 1  # what a 429 tells the client to wait
+
+
+# -- events sent to the event loop ------------------------------------------------------
+
+
+@dataclass
+class PromptRead:
+    index: int
+    reading: np.ndarray | None  # (P, L) at the last prompt token
+    token_readings: list  # (P, L) per prompt token, when echo asked for them
+    cached_tokens: int = 0
+
+
+@dataclass
+class TokenOut:
+    index: int
+    token: int
+    text: str  # text safe to show now (stop strings held back)
+    token_text: str  # the token alone, for logprobs
+    logprob: float | None
+    top: list  # [(token_text, logprob)]
+    reading: np.ndarray | None  # (P, L)
+
+
+@dataclass
+class ChoiceEnd:
+    index: int
+    finish_reason: str
+    completion_tokens: int
+    text: str = ""  # the last text held back, if any
+
+
+@dataclass
+class Failed:
+    error: APIError
+
+
+# -- requests in the engine ------------------------------------------------------------------
+
+
+class Job:
+    """One request: its spec, and where its events go. `cancelled` is set by the event loop."""
+
+    def __init__(self, spec: GenerationSpec, loop, events):
+        self.spec = spec
+        self.loop = loop
+        self.events = events  # asyncio.Queue, filled with lists of events
+        self.cancelled = False
+        self.open_choices = len(spec.choices)
+
+    def post(self, items: list) -> None:
+        if items:
+            try:
+                self.loop.call_soon_threadsafe(self.events.put_nowait, items)
+            except RuntimeError:  # the loop closed (server shutting down)
+                self.cancelled = True
+
+
+def prompt_key(interventions) -> tuple:
+    """Identity of the steering a prompt is processed with: caches are shared only between equal keys."""
+    return tuple(
+        (iv.key, iv.op.value, iv.alpha, iv.layers, iv.value) for iv in interventions if iv.active_in(Phase.PROMPT)
+    )
+
+
+@dataclass(eq=False)
+class RowState:
+    job: Job
+    choice: ChoiceSpec
+    sampler: RowSampler
+    detok: object
+    stops: StopMatcher
+    probe_names: tuple[str, ...]
+    generated: int = 0
+    first: bool = True
+    held: tuple | None = None  # (token, logprob, top) waiting for its reading
+    draining: bool = False  # reached max_tokens; one more step to read the held token
+    done: bool = False
+
+    @property
+    def wants_probes(self) -> bool:
+        return bool(self.probe_names)
+
+
+@dataclass
+class Part:
+    """Outputs of one forward pass for some consecutive rows of the batch."""
+
+    rows: list
+    sampled: Sampled
+    scores: object = None  # mx (b, L, P) readings of the tokens fed in that pass
+    bank: object = None
+
+    def take(self, keep: list[int]) -> "Part":
+        idx = mx.array(keep)
+        scores = None if self.scores is None else self.scores[idx]
+        return Part([self.rows[i] for i in keep], self.sampled.take(idx), scores, self.bank)
+
+
+# -- prompt cache -------------------------------------------------------------------------
+
+
+class PromptCache:
+    """LRU of prompt KV caches keyed by (prompt steering, tokens); reused for the longest shared prefix."""
+
+    def __init__(self, entries: int):
+        self.entries = entries
+        self._store: OrderedDict[tuple, list] = OrderedDict()
+
+    def lookup(self, steer_key: tuple, tokens) -> tuple[list | None, int]:
+        best, best_len = None, 0
+        for key, cache in self._store.items():
+            if key[0] != steer_key:
+                continue
+            shared = _common_prefix(key[1], tokens)
+            if shared > best_len:
+                best, best_len = key, shared
+        if best is None:
+            return None, 0
+        self._store.move_to_end(best)
+        cached = self._store[best]
+        return [_copy_kv(c, best_len) for c in cached], best_len
+
+    def store(self, steer_key: tuple, tokens, cache: list) -> None:
+        from mlx_lm.models.cache import KVCache
+
+        if self.entries <= 0 or not all(type(c) is KVCache for c in cache):
+            return  # sliding-window and recurrent caches cannot be trimmed back to a prefix
+        key = (steer_key, tuple(tokens))
+        self._store[key] = cache
+        self._store.move_to_end(key)
+        while len(self._store) > self.entries:
+            self._store.popitem(last=False)
+
+
+def _common_prefix(a, b) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _copy_kv(c, length: int):
+    """A KVCache holding the first `length` positions of c, sharing nothing writable with it."""
+    from mlx_lm.models.cache import KVCache
+
+    out = KVCache()
+    out.keys = c.keys[..., :length, :]
+    out.values = c.values[..., :length, :]
+    out.offset = length
+    return out
+
+
+# -- the engine ------------------------------------------------------------------------------
+
+
+class Engine:
+    def __init__(self, lm, limits: Limits):
+        self.lm = lm
+        self.limits = limits
+        self.vocab_size = _vocab_size(lm)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting: deque[Job] = deque()
+        self._queued = 0  # submitted, not yet admitted (guarded by _lock)
+        self._lock = threading.Lock()
+        self._eos = set(lm.tokenizer.eos_token_ids)
+        self._prompt_cache = PromptCache(limits.prompt_cache_entries)
+        self._bank = None
+        self._bank_key: tuple = ()
+        self._token_text: dict[int, str] = {}
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="mlx-interp-model", daemon=True)
+        self.batch_size = 0  # rows decoding now (read by /metrics)
+        self.steps = 0
+
+    # -- called from the event loop ---------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise RuntimeError(f"model thread failed to start: {self._failure}")
+
+    def stop(self) -> None:
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queued
+
+    def submit(self, job: Job) -> None:
+        if not self.alive:
+            raise Unavailable("the model thread is not running")
+        with self._lock:
+            if self._queued >= self.limits.max_queue:
+                raise QueueFull(
+                    f"the request queue is full ({self.limits.max_queue} waiting, --max-queue); retry shortly",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                )
+            self._queued += 1
+        self._inbox.put(job)
+
+    # -- the model thread ---------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            with steering_session(self.lm, capture_layers=None) as batch:
+                self._batch = batch
+                self._ready.set()
+                self._loop()
+        except BaseException as exc:  # noqa: BLE001 - reported to start() or logged
+            self._failure = exc
+            log.exception("model thread stopped")
+        finally:
+            self._ready.set()
+
+    def _loop(self) -> None:
+        batch = self._batch
+        cur: list[Part] | None = None
+        while True:
+            if not self._pull(block=cur is None and not self._waiting):
+                return
+            try:
+                nxt = self._launch(cur) if cur else None
+                if cur:
+                    self._consume(cur)
+                nxt = self._drop_finished(nxt)
+                cur = self._admit(nxt)
+            except Exception as exc:  # noqa: BLE001 - a failed step fails the rows in it, not the thread
+                log.exception("decode step failed")
+                err = as_api_error(exc)
+                for row in list(batch.uids):
+                    if not row.done:
+                        row.done = True
+                        row.job.post([Failed(err)])
+                batch.remove(batch.uids)
+                cur = None
+            self.batch_size = len(batch)
+
+    def _pull(self, block: bool) -> bool:
+        """Move arrived jobs to the waiting line; False when the server is stopping."""
+        try:
+            item = self._inbox.get() if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            if item is None:
+                return False
+            self._waiting.append(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    # -- decoding --------------------------------------------------------------------------------
+    def _launch(self, cur: list[Part]) -> list[Part]:
+        rows = self._batch.uids
+        tokens = cur[0].sampled.tokens if len(cur) == 1 else mx.concatenate([p.sampled.tokens for p in cur])
+        capture = any(r.wants_probes for r in rows)
+        logits, hidden = self._batch.step(tokens, capture=capture)
+        sampled = sample(logits, [r.sampler for r in rows])
+        scores = self._bank.scores(hidden) if capture else None
+        mx.async_eval(sampled.arrays() + ([scores] if scores is not None else []))
+        self.steps += 1
+        return [Part(list(rows), sampled, scores, self._bank if capture else None)]
+
+    def _consume(self, parts: list[Part]) -> None:
+        outbox: dict[Job, list] = {}
+        for part in parts:
+            s = part.sampled
+            tokens = s.tokens.tolist()
+            logprobs = s.logprob.tolist() if s.logprob is not None else None
+            top_ids = s.top_ids.tolist() if s.top_ids is not None else None
+            top_lps = s.top_logprobs.tolist() if s.top_logprobs is not None else None
+            scores = np.array(part.scores) if part.scores is not None else None
+            for i, row in enumerate(part.rows):
+                if row.done:
+                    continue
+                events = outbox.setdefault(row.job, [])
+                if row.job.cancelled:
+                    row.done = True
+                    continue
+                reading = None
+                if scores is not None and row.wants_probes:
+                    cols = [part.bank.index(n) for n in row.probe_names]
+                    reading = scores[i][:, cols].T  # (P, L)
+                lp = logprobs[i] if logprobs is not None and row.sampler.params.logprobs else None
+                top = []
+                if top_ids is not None and row.sampler.params.top_logprobs:
+                    pairs = sorted(zip(top_lps[i], top_ids[i]), reverse=True)[: row.sampler.params.top_logprobs]
+                    top = [(self._text_of(t), v) for v, t in pairs]
+                self._advance(row, tokens[i], lp, top, reading, events)
+        for job, events in outbox.items():
+            job.post(events)
+
+    def _advance(self, row: RowState, token: int, logprob, top, reading, events: list) -> None:
+        if row.first:
+            row.first = False  # the prompt's reading went out with PromptRead
+        elif row.held is not None:
+            held, row.held = row.held, None
+            self._emit(row, *held, reading, events)
+            if row.done:
+                return
+            if row.draining:
+                return self._finish(row, "length", events)
+        if token in self._eos:
+            return self._finish(row, "stop", events)
+        row.generated += 1
+        if row.wants_probes:
+            row.held = (token, logprob, top)
+            row.draining = row.generated >= row.job.spec.max_tokens
+            return
+        self._emit(row, token, logprob, top, None, events)
+        if not row.done and row.generated >= row.job.spec.max_tokens:
+            self._finish(row, "length", events)
+
+    def _emit(self, row: RowState, token: int, logprob, top, reading, events: list) -> None:
+        row.detok.add_token(token)
+        text, stopped = row.stops.feed(row.detok.last_segment)
+        events.append(TokenOut(row.choice.index, token, text, self._text_of(token), logprob, top, reading))
+        if stopped:
+            self._finish(row, "stop", events, flush=False)
+
+    def _finish(self, row: RowState, reason: str, events: list, flush: bool = True) -> None:
+        tail = ""
+        if flush:
+            row.detok.finalize()
+            tail, stopped = row.stops.feed(row.detok.last_segment)
+            if stopped:
+                reason = "stop"
+            else:
+                tail += row.stops.flush()
+        row.done = True
+        events.append(ChoiceEnd(row.choice.index, reason, row.generated, tail))
+
+    def _drop_finished(self, nxt: list[Part] | None) -> list[Part] | None:
+        rows = self._batch.uids
+        gone = [r for r in rows if r.done or r.job.cancelled]
+        if not gone:
+            return nxt
+        for r in gone:
+            r.done = True
+        self._batch.remove(gone)
+        if nxt is None or not len(self._batch):
+            return None
+        parts = []
+        for part in nxt:
+            keep = [i for i, r in enumerate(part.rows) if not r.done]
+            if len(keep) == len(part.rows):
+                parts.append(part)
+            elif keep:
+                parts.append(part.take(keep))
+        return parts
+
+    # -- admission ---------------------------------------------------------------------------------
+    def _admit(self, cur: list[Part] | None) -> list[Part] | None:
+        parts = list(cur or [])
+        while self._waiting:
+            job = self._waiting[0]
+            room = self.limits.max_batch - len(self._batch)
+            rows_needed = len(job.spec.choices) if job.spec.max_tokens > 0 else 0
+            if rows_needed > room and len(self._batch) > 0:
+                break  # wait for rows to finish; a request larger than the batch runs alone
+            self._waiting.popleft()
+            with self._lock:
+                self._queued -= 1
+            if job.cancelled:
+                continue
+            try:
+                parts.extend(self._start(job))
+            except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+                err = as_api_error(exc)
+                if err.status >= 500:
+                    log.exception("request failed in the model thread")
+                self._batch.remove([r for r in self._batch.uids if r.job is job])
+                parts = [p for p in parts if all(r.job is not job for r in p.rows)]
+                job.post([Failed(err)])
+        self.batch_size = len(self._batch)
+        return parts or None
+
+    def _start(self, job: Job) -> list[Part]:
+        spec = job.spec
+        names = tuple(r.name for r in spec.probes)
+        if names:
+            self._ensure_bank(extra=spec.probes)
+        groups: dict[tuple, list[ChoiceSpec]] = {}
+        for c in spec.choices:
+            groups.setdefault((c.prompt, prompt_key(c.interventions)), []).append(c)
+        parts, events = [], []
+        echo_scores = spec.echo and bool(names)
+        for (tokens, steer_key), choices in groups.items():
+            ivs = choices[0].interventions
+            cache, cached = (None, 0) if echo_scores else self._prompt_cache.lookup(steer_key, tokens)
+            pre = self._batch.prefill(list(tokens), ivs, cache=cache, cached_tokens=cached, capture_all=echo_scores)
+            if not echo_scores:
+                self._prompt_cache.store(steer_key, tokens, pre.cache)
+            reading, token_readings = None, []
+            if names:
+                cols = [self._bank.index(n) for n in names]
+                reading = np.array(self._bank.scores(pre.hidden_last[None]))[0][:, cols].T
+                if echo_scores:
+                    per_token = np.array(self._bank.scores(pre.hidden_all))[:, :, cols]  # (T, L, P)
+                    token_readings = [per_token[t].T for t in range(per_token.shape[0])]
+            for c in choices:
+                events.append(PromptRead(c.index, reading, token_readings, cached))
+                if spec.max_tokens == 0:
+                    events.append(ChoiceEnd(c.index, "length", 0))
+                    continue
+                row = RowState(
+                    job=job,
+                    choice=c,
+                    sampler=RowSampler(spec.sampling, self.vocab_size, c.index),
+                    detok=self.lm.tokenizer.detokenizer,
+                    stops=StopMatcher(spec.stop),
+                    probe_names=names,
+                )
+                first = sample(pre.logits[None], [row.sampler])
+                mx.async_eval(first.arrays())
+                self._batch.add(row, pre, c.interventions)
+                parts.append(Part([row], first))
+        job.post(events)
+        return parts
+
+    def _ensure_bank(self, extra=()) -> None:
+        """A ProbeBank over every probe that running rows and the new request ask for (one matmul per step)."""
+        from probes.scoring import ProbeBank
+
+        wanted: dict[str, object] = {}
+        for row in self._batch.uids:
+            for r in row.job.spec.probes:
+                wanted.setdefault(r.name, r.probe)
+        for r in extra:
+            wanted.setdefault(r.name, r.probe)
+        key = tuple(sorted((n, id(p)) for n, p in wanted.items()))
+        if key != self._bank_key or self._bank is None:
+            self._bank = ProbeBank(list(wanted.values()), self.lm.num_layers, self.lm.hidden_size)
+            self._bank_key = key
+
+    def _text_of(self, token: int) -> str:
+        text = self._token_text.get(token)
+        if text is None:
+            text = self.lm.tokenizer.decode([token])
+            self._token_text[token] = text
+        return text
+
+
+def _vocab_size(lm) -> int:
+    args = getattr(lm.model, "args", None)
+    size = getattr(args, "vocab_size", None) or lm.config.get("vocab_size")
+    if size is None:
+        size = len(lm.tokenizer.get_vocab())
+    return int(size)

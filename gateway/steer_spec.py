@@ -1,0 +1,162 @@
+"""The `steer` body field and the `X-Steer` header, turned into interventions per choice.
+
+Body, shorthand:  {"green_red": 1.5}
+Body, full:       [{"vector": "green_red", "alpha": 1.5, "op": "add", "layers": "8-16", "scope": "generation"}]
+Header:           X-Steer: green_red=1.5, calm=-0.5      (a bare name uses the vector's default alpha)
+
+With n > 1 an alpha may be a list of n numbers: choice i gets alpha[i].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from steering.interventions import Intervention, Op, Scope
+
+from .errors import BadRequest
+from .limits import Limits
+
+ENTRY_KEYS = {"vector", "alpha", "op", "layers", "scope", "value"}
+
+
+@dataclass(frozen=True)
+class SteerEntry:
+    vector: str
+    alpha: float | tuple[float, ...] | None = None  # None: the vector's default
+    op: str = "add"
+    layers: object = None  # None: recommended layers
+    scope: str = "all"
+    value: float | None = None
+    source: str = "steer"  # the param named in errors: "steer" or the header
+
+
+@dataclass
+class SteerPlan:
+    per_choice: list[tuple[Intervention, ...]]  # one tuple per choice
+    applied: list[dict]  # what the response echoes under "steering.applied"
+
+
+def _number(value, where: str, limits: Limits, param: str, what: str = "alpha") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"{where}: {what} must be a finite number, got {value!r}", param=param)
+    if abs(value) > limits.max_alpha:
+        raise BadRequest(
+            f"{where}: |{what}| must be at most {limits.max_alpha:g} (--max-alpha), got {value!r}", param=param
+        )
+    return float(value)
+
+
+def _alpha(value, where: str, n: int, limits: Limits, param: str):
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if len(value) != n:
+            raise BadRequest(f"{where}: an alpha list needs one value per choice (n={n}), got {len(value)}", param=param)
+        return tuple(_number(v, where, limits, param) for v in value)
+    return _number(value, where, limits, param)
+
+
+def parse_body(steer, n: int, limits: Limits) -> list[SteerEntry]:
+    if steer is None:
+        return []
+    if isinstance(steer, dict):
+        entries = []
+        for name, alpha in steer.items():
+            entries.append(SteerEntry(vector=name, alpha=_alpha(alpha, f"steer.{name}", n, limits, "steer")))
+        return entries
+    if isinstance(steer, list):
+        entries = []
+        for i, item in enumerate(steer):
+            where = f"steer[{i}]"
+            if not isinstance(item, dict):
+                raise BadRequest(f"{where} must be an object like {{\"vector\": NAME, \"alpha\": 1.5}}", param="steer")
+            unknown = sorted(set(item) - ENTRY_KEYS)
+            if unknown:
+                raise BadRequest(f"{where} has unknown field {unknown[0]!r}; allowed: {', '.join(sorted(ENTRY_KEYS))}", param="steer")
+            name = item.get("vector")
+            if not isinstance(name, str):
+                raise BadRequest(f"{where}.vector must be a vector name (string), got {name!r}", param="steer")
+            op = item.get("op", "add")
+            if op not in {o.value for o in Op}:
+                raise BadRequest(f"{where}.op must be one of add, reflect, ablate, clamp; got {op!r}", param="steer")
+            scope = item.get("scope", "all")
+            if scope not in {s.value for s in Scope}:
+                raise BadRequest(f"{where}.scope must be one of all, prompt, generation; got {scope!r}", param="steer")
+            value = item.get("value")
+            if op == "clamp":
+                if value is None:
+                    raise BadRequest(f"{where}: op 'clamp' needs a value (the projection to set)", param="steer")
+                value = _number(value, where, limits, "steer", "value")
+            elif value is not None:
+                raise BadRequest(f"{where}.value is only used with op 'clamp'", param="steer")
+            layers = item.get("layers")
+            if layers is not None and not isinstance(layers, (str, list, int)) or isinstance(layers, bool):
+                raise BadRequest(f"{where}.layers must be a list of ints, a range like '8-16' or 'all'", param="steer")
+            entries.append(
+                SteerEntry(name, _alpha(item.get("alpha"), where, n, limits, "steer"), op, layers, scope, value)
+            )
+        return entries
+    raise BadRequest(f"steer must be an object {{name: alpha}} or a list of entries, not {type(steer).__name__}", param="steer")
+
+
+def parse_header(header: str | None, limits: Limits) -> list[SteerEntry]:
+    if header is None:
+        return []
+    if len(header) > limits.max_header_chars:
+        raise BadRequest(f"X-Steer header is {len(header)} characters; the limit is {limits.max_header_chars}", param="X-Steer")
+    entries = []
+    for part in header.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        alpha = None
+        if sep:
+            try:
+                alpha = float(value.strip())
+            except ValueError:
+                raise BadRequest(f"X-Steer: alpha for {name!r} must be a number, got {value.strip()!r}", param="X-Steer") from None
+            alpha = _number(alpha, f"X-Steer {name}", limits, "X-Steer")
+        if not name:
+            raise BadRequest(f"X-Steer entry {part!r} has no vector name; use NAME=ALPHA", param="X-Steer")
+        entries.append(SteerEntry(vector=name, alpha=alpha, source="X-Steer"))
+    return entries
+
+
+def build_plan(entries: list[SteerEntry], n: int, vectors, limits: Limits) -> SteerPlan:
+    """Look vectors up and build the interventions of each choice; 400 naming the entry on any problem."""
+    if len(entries) > limits.max_steer:
+        raise BadRequest(f"steer has {len(entries)} entries; the limit is {limits.max_steer} (--max-steer)", param="steer")
+    per_choice: list[list[Intervention]] = [[] for _ in range(n)]
+    applied = []
+    for e in entries:
+        param = "steer" if e.source == "steer" else e.source
+        try:
+            vector = vectors.get(e.vector)
+        except KeyError:
+            known = ", ".join(vectors.names()[:20]) or "none loaded"
+            raise BadRequest(f"unknown steering vector {e.vector[:80]!r} (loaded: {known})", param=param, code="unknown_vector") from None
+        alphas = e.alpha if isinstance(e.alpha, tuple) else (e.alpha,) * n
+        made = None
+        for i, alpha in enumerate(alphas):
+            try:
+                iv = vector.intervention(alpha=alpha, op=e.op, layers=e.layers, scope=e.scope, value=e.value)
+            except ValueError as exc:
+                raise BadRequest(f"steer {e.vector!r}: {exc}", param=param) from None
+            per_choice[i].append(iv)
+            made = made or []
+            made.append(iv.alpha)
+        applied.append(
+            {
+                "vector": vector.name,
+                "alpha": made if isinstance(e.alpha, tuple) else made[0],
+                "op": iv.op.value,
+                "layers": list(iv.layers),
+                "scope": iv.scope.value,
+                "sha256": vector.sha256,
+                **({"value": iv.value} if iv.value is not None else {}),
+            }
+        )
+    return SteerPlan([tuple(c) for c in per_choice], applied)
