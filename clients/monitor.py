@@ -7,7 +7,7 @@
         event.scores                       # {"sycophancy": 0.91} for this token
     monitor.turns[-1].alarms               # what fired in that turn
 
-A rule fires when its probe's per-token score stays above the threshold for
+A rule fires when its probe's per-token score stays at or above the threshold for
 `consecutive` tokens in a row; it re-arms once the score drops back. On a fire
 the monitor calls `on_alarm(alarm)`, and with `raise_on_alarm=True` stops the
 stream and raises `ProbeAlarm`. Every turn (also one stopped by an alarm) is
@@ -30,7 +30,10 @@ from .readers import chunk_text, finish_reason, probe_scores, steering_applied
 
 @dataclass(frozen=True)
 class AlarmRule:
-    """Fire when `probe` scores above `threshold` for `consecutive` tokens in a row."""
+    """Fire when `probe` scores at or above `threshold` for `consecutive` tokens in a row.
+
+    At or above, like the server's `flagged`, so a rule and the flag agree on one token.
+    """
 
     probe: str
     threshold: float
@@ -45,7 +48,7 @@ class AlarmRule:
 
     def describe(self) -> str:
         run = f" for {self.consecutive} tokens" if self.consecutive > 1 else ""
-        return f"{self.probe} > {self.threshold:g}{run}"
+        return f"{self.probe} >= {self.threshold:g}{run}"
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Alarm:
     rule: AlarmRule
     turn: int
     token_index: int  # the token that completed the run (0-based, within the reply)
-    scores: tuple[float, ...]  # the run of scores above the threshold
+    scores: tuple[float, ...]  # the run of scores at or above the threshold
     text_so_far: str
 
     def to_json(self) -> dict:
@@ -140,7 +143,7 @@ class _RuleState:
 
     def feed(self, score: float | None) -> bool:
         """Add a token's score; True when this token makes the rule fire."""
-        if score is None or score <= self.rule.threshold:
+        if score is None or score < self.rule.threshold:
             self.run.clear()
             self.fired = False  # re-arm
             return False

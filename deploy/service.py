@@ -1,0 +1,138 @@
+"""The one description of the background service; launchd and systemd files are renderings of it."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_NAME = "mlx-interp"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+# seconds between a crash and the restart (launchd ThrottleInterval, systemd RestartSec)
+RESTART_DELAY_S = 10
+# seconds the server gets to finish requests when stopped
+STOP_TIMEOUT_S = 30
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+API_KEY_ENV = "MLX_INTERP_API_KEY"
+
+
+def launchd_label(name: str) -> str:
+    return f"com.{name}.server"
+
+
+def systemd_unit(name: str) -> str:
+    return f"{name}.service"
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(f"service name {name!r} is not allowed; use 1-40 characters from [a-z0-9-], starting with a letter or digit")
+    return name
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_value(what: str, value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{what} contains a control character (newline, tab, ...); the service files cannot hold it")
+    return value
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What runs, with which settings, and what it is called; no platform details.
+
+    `api_key` is kept apart from `environment` so each renderer can store it
+    where only the user can read it.
+    """
+
+    name: str = DEFAULT_NAME
+    python: str = field(default_factory=lambda: sys.executable)
+    model: str = "default"
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    api_key: str | None = None
+    vectors: tuple[str, ...] = ()
+    probes: tuple[str, ...] = ()
+    extra_environment: tuple[tuple[str, str], ...] = ()
+    working_directory: str = field(default_factory=lambda: str(Path.home()))
+
+    def __post_init__(self):
+        check_name(self.name)
+        if not (isinstance(self.port, int) and 1 <= self.port <= 65535):
+            raise ValueError(f"--port must be between 1 and 65535, got {self.port!r}")
+        if not _is_loopback(self.host) and not self.api_key:
+            raise ValueError(f"refusing to serve on {self.host} without an API key; pass --api-key (the server refuses it too)")
+        if not Path(self.python).is_absolute():
+            raise ValueError(f"the interpreter must be an absolute path, got {self.python!r}")
+        for what, value in [("--model", self.model), ("--host", self.host), ("--api-key", self.api_key or ""),
+                            *[("--vectors", v) for v in self.vectors], *[("--probes", p) for p in self.probes],
+                            *[(f"--env {k}", v) for k, v in self.extra_environment]]:
+            _check_value(what, value)
+        for key, _ in self.extra_environment:
+            if not ENV_NAME_PATTERN.match(key):
+                raise ValueError(f"--env {key!r}: not a valid environment variable name")
+            if key == API_KEY_ENV:
+                raise ValueError(f"pass the key with --api-key, not --env {API_KEY_ENV}, so it is stored privately")
+
+    # --- what every renderer needs ---------------------------------------------------------
+
+    @property
+    def launchd_label(self) -> str:
+        return launchd_label(self.name)
+
+    @property
+    def systemd_unit(self) -> str:
+        return systemd_unit(self.name)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def description(self) -> str:
+        return f"mlx-interp server ({self.model} on {self.host}:{self.port})"
+
+    def program_arguments(self) -> list[str]:
+        """The server's command line; settings are explicit arguments so the unit says what runs."""
+        args = [self.python, "-m", "mlx_interp.cli", "serve", "--model", self.model,
+                "--host", self.host, "--port", str(self.port)]
+        for directory in self.vectors:
+            args += ["--vectors", directory]
+        for directory in self.probes:
+            args += ["--probes", directory]
+        return args
+
+    def environment(self) -> dict[str, str]:
+        """Variables that are not secret (the key is in `secrets()`)."""
+        env = {
+            "MLX_INTERP_MODEL": self.model,
+            "MLX_INTERP_HOST": self.host,
+            "MLX_INTERP_PORT": str(self.port),
+            "PYTHONUNBUFFERED": "1",  # log lines reach the log as they happen
+        }
+        env.update(dict(self.extra_environment))
+        return env
+
+    def secrets(self) -> dict[str, str]:
+        return {API_KEY_ENV: self.api_key} if self.api_key else {}
+
+    def public_summary(self) -> dict:
+        """The description without the key, for the manifest and for `status`."""
+        return {
+            "name": self.name, "python": self.python, "model": self.model, "host": self.host, "port": self.port,
+            "api_key": "set" if self.api_key else None, "vectors": list(self.vectors), "probes": list(self.probes),
+            "environment": dict(self.extra_environment), "url": self.url,
+        }
