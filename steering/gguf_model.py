@@ -158,8 +158,11 @@ def write_tokenizer(meta: dict, out_dir: Path) -> None:
     kind = _scalar(meta, "tokenizer.ggml.model", "")
     if kind != "gpt2":
         raise GGUFError(f"tokenizer model {kind!r} is not supported (byte-level BPE, 'gpt2', is)")
+    if "tokenizer.ggml.tokens" not in meta:
+        raise GGUFError("the GGUF file has no vocabulary (tokenizer.ggml.tokens)")
     tokens = list(meta["tokenizer.ggml.tokens"])
-    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    # mlx drops empty metadata arrays, so a vocabulary without merges has no key at all.
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     token_types = np.asarray(meta.get("tokenizer.ggml.token_type", np.ones(len(tokens))))
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

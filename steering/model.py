@@ -76,9 +76,10 @@ def load_model(spec: str = "default", dtype: str | None = None, progress: bool =
     config = json.loads((path / "config.json").read_text())
     chosen = resolve_dtype(dtype)
     if chosen != "native":
-        if "quantization" in config or "quantization_config" in config:
-            model = dequantize_model(model)
         target = getattr(mx, chosen)
+        if "quantization" in config or "quantization_config" in config:
+            _upcast_quantization_params(model, target)
+            model = dequantize_model(model)
         model.set_dtype(target, predicate=lambda d: mx.issubdtype(d, mx.floating))
     mx.eval(model.parameters())
     layers = decoder_layers(model)
@@ -94,6 +95,20 @@ def load_model(spec: str = "default", dtype: str | None = None, progress: bool =
         dtype=chosen,
         config=config,
     )
+
+
+def _upcast_quantization_params(model, dtype) -> None:
+    """Give quantized layers' scales and biases the compute dtype before dequantizing.
+
+    GGUF (and most mlx checkpoints) store them as float16, and mx.dequantize
+    computes in their dtype: dequantizing to float32 through float16 would round
+    every weight to 11 significant bits on the way.
+    """
+    for _, module in model.named_modules():
+        for key in ("scales", "biases"):
+            value = module.get(key) if isinstance(module, dict) else None
+            if value is not None and value.dtype != dtype:
+                module[key] = value.astype(dtype)
 
 
 def _hidden_size(model, config: dict) -> int:
