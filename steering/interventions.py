@@ -79,6 +79,15 @@ class Intervention:
 @dataclass
 class _AddTerm:
     delta: object  # mx.array (B, 1, D): sum of alpha·v over rows' add interventions
+    _cast: dict = field(default_factory=dict)  # dtype -> delta in that dtype, made once
+
+    def delta_as(self, dtype):
+        """The delta in the hidden state's dtype, so a float16 model's residual stays float16."""
+        if dtype == self.delta.dtype:
+            return self.delta
+        if dtype not in self._cast:
+            self._cast[dtype] = self.delta.astype(dtype)
+        return self._cast[dtype]
 
 
 @dataclass
@@ -157,7 +166,7 @@ class RowSteering:
             raise ValueError(f"steering was built for {self.batch_size} rows but the batch has {h.shape[0]}")
         for term in terms:
             if isinstance(term, _AddTerm):
-                h = h + term.delta
+                h = h + term.delta_as(h.dtype)
             else:
                 h32 = h.astype(term.unit.dtype)
                 p = (h32 @ term.unit)[..., None]
