@@ -1,0 +1,1 @@
+"""Runnable examples of the client helpers (each takes --base-url)."""
