@@ -1,0 +1,532 @@
+"""Train probes from labelled activations, with the checks a reader of the numbers needs.
+
+Per layer: standardise, fit an L2 logistic regression (or a difference-of-means
+detector), and measure it by grouped, stratified k-fold cross-validation, so
+that examples of one group (one source text, one conversation, one template)
+never sit on both sides of a split. Next to each layer's CV accuracy and AUROC
+stand a shuffled-label baseline (same folds, permuted labels: what chance
+looks like with this many examples and dimensions) and bootstrap 95% intervals
+over the out-of-fold predictions, resampling whole groups. The final detector
+of every layer is refit on all data; the threshold is set on the best layer's
+out-of-fold scores of the negative class at the requested false-positive rate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Hashable, Sequence
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from steering.artifacts import FORMAT_VERSION, check_name, dataset_hash as files_hash, json_safe_float, utc_now
+
+from .probe import AGGREGATIONS, METHODS, Probe
+
+MAX_ITER = 300  # lbfgs iterations; standardised data with C ~ 1 converges well within this
+DEFAULT_SHUFFLES = 3
+SCALE_FLOOR = 1e-6  # features with (almost) no variance are left unscaled rather than blown up
+CI_LEVEL = 95.0
+# Hundreds of small fits: BLAS threads only contend with each other (and spin-wait badly on a busy machine).
+BLAS_THREADS = 1
+
+
+@dataclass
+class LinearDetector:
+    """One layer's detector in standardised coordinates: sigmoid(((x - mean) / scale) . w + b)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    w: np.ndarray
+    b: float
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        z = (X - self.mean) / self.scale
+        return _sigmoid(z @ self.w + self.b)
+
+
+# -- fitting ----------------------------------------------------------------------------------
+
+
+def fit_detector(X: np.ndarray, y: np.ndarray, method: str = "logistic", C: float = 1.0) -> LinearDetector:
+    """Fit one layer's detector on (n, D) activations and 0/1 labels."""
+    X = np.asarray(X, dtype=np.float64)
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    scale = np.where(scale < SCALE_FLOOR, 1.0, scale)
+    Z = (X - mean) / scale
+    if method == "logistic":
+        w, b = _fit_logistic(Z, y, C)
+    elif method == "diff_means":
+        w, b = _fit_diff_means(Z, y)
+    else:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return LinearDetector(mean, scale, w, b)
+
+
+def _fit_logistic(Z: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, float]:
+    """L2 logistic regression (lbfgs) on standardised activations."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=C, max_iter=MAX_ITER, solver="lbfgs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unconverged fit on separable data is still a fine detector
+        model.fit(Z, y)
+    return model.coef_[0], float(model.intercept_[0])
+
+
+def _fit_diff_means(Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Direction mean(pos) - mean(neg); bias puts the decision at the midpoint of the class means.
+
+    The logit is scaled by the separation over the pooled variance of the
+    projections (the log-likelihood ratio of two equal-variance Gaussians), so
+    the probabilities are meaningful rather than an arbitrary squashing.
+    """
+    pos, neg = Z[y == 1], Z[y == 0]
+    direction = pos.mean(axis=0) - neg.mean(axis=0)
+    norm = np.linalg.norm(direction)
+    if norm == 0:
+        return np.zeros(Z.shape[1]), 0.0
+    unit = direction / norm
+    p_pos, p_neg = pos @ unit, neg @ unit
+    gap = p_pos.mean() - p_neg.mean()
+    resid = np.concatenate([p_pos - p_pos.mean(), p_neg - p_neg.mean()])
+    var = max(float(resid @ resid) / max(len(resid) - 2, 1), 1e-12)
+    k = gap / var
+    midpoint = (p_pos.mean() + p_neg.mean()) / 2
+    return k * unit, float(-k * midpoint)
+
+
+# -- cross-validation -------------------------------------------------------------------------
+
+
+def group_ids(groups: Sequence[Hashable]) -> np.ndarray:
+    """Integer ids for arbitrary hashable groups, in order of first appearance."""
+    seen: dict = {}
+    return np.array([seen.setdefault(g, len(seen)) for g in groups], dtype=np.int64)
+
+
+def cv_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified group k-fold: each group lies wholly in one test fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = len(np.unique(groups))
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    if n_groups < folds:
+        raise ValueError(f"{folds} folds need at least {folds} groups, the data has {n_groups}")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a class smaller than `folds` only warns; folds stay valid
+        splits = [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y, groups)]
+    for tr, te in splits:  # the guarantee everything downstream relies on
+        assert not set(groups[tr]) & set(groups[te]), "a group straddles a fold"
+    return splits
+
+
+def auroc(y: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half); NaN when only one class is present."""
+    y = np.asarray(y)
+    pos, neg = scores[y == 1], scores[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def cross_validate(X: np.ndarray, y: np.ndarray, splits, method: str, C: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities (n,), per-fold accuracies and AUROCs for one layer."""
+    oof = np.empty(len(y), dtype=np.float64)
+    accs, aucs = [], []
+    for tr, te in splits:
+        if len(np.unique(y[tr])) < 2:  # possible only for shuffled labels in tiny data
+            prob = np.full(len(te), float(np.mean(y[tr])))
+        else:
+            prob = fit_detector(X[tr], y[tr], method, C).predict(X[te])
+        oof[te] = prob
+        accs.append(float(np.mean((prob >= 0.5) == y[te])))
+        aucs.append(auroc(y[te], prob))
+    return oof, np.array(accs), np.array(aucs)
+
+
+def bootstrap_weights(gid: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, n) example weights of a cluster bootstrap: whole groups are drawn with replacement."""
+    n_groups = int(gid.max()) + 1
+    draws = rng.integers(0, n_groups, size=(n_bootstrap, n_groups))
+    counts = np.zeros((n_bootstrap, n_groups))
+    np.add.at(counts, (np.repeat(np.arange(n_bootstrap), n_groups), draws.ravel()), 1.0)
+    return counts[:, gid]
+
+
+def bootstrap_ci(y: np.ndarray, oof: np.ndarray, weights: np.ndarray) -> tuple[list, list]:
+    """95% percentile intervals of accuracy and AUROC under bootstrap weights (B, n)."""
+    correct = ((oof >= 0.5) == y).astype(np.float64)
+    total = weights.sum(axis=1)
+    acc = np.where(total > 0, weights @ correct / np.maximum(total, 1e-12), np.nan)
+    pos, neg = y == 1, y == 0
+    # pairwise wins of each positive over each negative; a resample weights rows and columns
+    wins = (oof[pos][:, None] > oof[neg][None, :]) + 0.5 * (oof[pos][:, None] == oof[neg][None, :])
+    wp, wn = weights[:, pos], weights[:, neg]
+    den = wp.sum(axis=1) * wn.sum(axis=1)
+    num = ((wp @ wins) * wn).sum(axis=1)
+    auc = np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
+    lo, hi = (100 - CI_LEVEL) / 2, 100 - (100 - CI_LEVEL) / 2
+    return _percentiles(acc, lo, hi), _percentiles(auc, lo, hi)
+
+
+def _percentiles(values: np.ndarray, lo: float, hi: float) -> list:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return [None, None]
+    return [float(np.percentile(values, lo)), float(np.percentile(values, hi))]
+
+
+# -- the whole procedure ----------------------------------------------------------------------
+
+
+def train_probe(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: Sequence[Hashable],
+    name: str,
+    *,
+    layers: Sequence[int] | None = None,
+    method: str = "logistic",
+    folds: int = 5,
+    C: float = 1.0,
+    fpr: float = 0.05,
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    n_shuffles: int = DEFAULT_SHUFFLES,
+    labels: Sequence[str] = ("negative", "positive"),
+    model=None,
+    dataset_hash: str | None = None,
+    progress: bool = False,
+    description: str = "",
+    aggregation: str = "mean",
+    position: str | None = None,
+) -> Probe:
+    """Cross-validate and fit a probe at every layer of X (N, L, D); see the module docstring."""
+    X = np.asarray(X, dtype=np.float32)
+    y = _binary(y)
+    check_name(name)
+    if X.ndim != 3:
+        raise ValueError(f"X must be (N, L, D), got shape {X.shape}")
+    n, num_x_layers, hidden = X.shape
+    if len(y) != n or len(groups) != n:
+        raise ValueError(f"X has {n} examples, y {len(y)}, groups {len(groups)}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X contains NaN or Inf values")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+    if not 0 < fpr < 1:
+        raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+    if not C > 0:
+        raise ValueError(f"C must be > 0, got {C}")
+    labels = [str(x) for x in labels]
+    if len(labels) != 2 or labels[0] == labels[1]:
+        raise ValueError(f"labels must be two distinct names [negative, positive], got {labels}")
+    layer_list = list(range(num_x_layers)) if layers is None else [int(l) for l in layers]
+    if not layer_list or len(set(layer_list)) != len(layer_list) or not all(0 <= l < num_x_layers for l in layer_list):
+        raise ValueError(f"layers must be distinct indices in [0, {num_x_layers}), got {layer_list}")
+    if model is not None and (model.hidden_size != hidden or model.num_layers != num_x_layers):
+        raise ValueError(
+            f"X has {num_x_layers} layers of {hidden}, the model {model.num_layers} layers of {model.hidden_size}"
+        )
+
+    gid = group_ids(groups)
+    splits = cv_splits(y, gid, folds, seed)
+    rng = np.random.default_rng(seed)
+    shuffles = [rng.permutation(y) for _ in range(n_shuffles)]
+    weights_b = bootstrap_weights(gid, n_bootstrap, rng) if n_bootstrap > 0 else None
+
+    per_layer, oofs, finals = [], [], []
+    bar = None
+    iterator = layer_list
+    if progress:
+        from tqdm import tqdm
+
+        bar = iterator = tqdm(layer_list, desc=f"training {name}", unit="layer")
+    for layer in iterator:
+        with threadpool_limits(BLAS_THREADS):
+            per_layer_entry, oof, final = _train_layer(X[:, layer, :], y, layer, splits, shuffles, weights_b, method, C)
+        per_layer.append(per_layer_entry)
+        oofs.append(oof)
+        finals.append(final)
+    if bar is not None:
+        bar.close()
+
+    best_k = _best_index(per_layer)
+    best_layer = layer_list[best_k]
+    threshold, achieved_fpr, tpr = threshold_at_fpr(y, oofs[best_k], fpr)
+
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "description": description,
+        "labels": labels,
+        "method": method,
+        "best_layer": best_layer,
+        "aggregation": aggregation,
+        "per_layer": per_layer,
+        "threshold": threshold,
+        "threshold_fpr": fpr,
+        "threshold_fpr_achieved": achieved_fpr,
+        "threshold_tpr": tpr,
+        "model_id": getattr(model, "model_id", None),
+        "model_fingerprint": getattr(model, "fingerprint", None),
+        "hidden_size": hidden,
+        "num_layers": getattr(model, "num_layers", num_x_layers),
+        "dataset_hash": dataset_hash,
+        "n_examples": n,
+        "n_positive": int(y.sum()),
+        "n_groups": int(gid.max()) + 1,
+        "folds": folds,
+        "C": C,
+        "seed": seed,
+        "n_bootstrap": n_bootstrap,
+        "n_shuffles": n_shuffles,
+        "created": utc_now(),
+    }
+    if position is not None:
+        metadata["position"] = position
+    return Probe(
+        name=name,
+        layers=tuple(layer_list),
+        weights=np.stack([d.w for d in finals]).astype(np.float32),
+        bias=np.array([d.b for d in finals], dtype=np.float32),
+        mean=np.stack([d.mean for d in finals]).astype(np.float32),
+        scale=np.stack([d.scale for d in finals]).astype(np.float32),
+        metadata=metadata,
+    )
+
+
+def _train_layer(Xl, y, layer, splits, shuffles, weights_b, method, C) -> tuple[dict, np.ndarray, LinearDetector]:
+    """One layer: CV quality, shuffled-label baseline, bootstrap intervals, and the detector refit on all data."""
+    oof, accs, aucs = cross_validate(Xl, y, splits, method, C)
+    shuffled_acc, shuffled_auc = [], []
+    for y_perm in shuffles:
+        _, s_acc, s_auc = cross_validate(Xl, y_perm, splits, method, C)
+        shuffled_acc.append(np.mean(s_acc))
+        shuffled_auc.append(_nanmean(s_auc))
+    acc_ci, auc_ci = bootstrap_ci(y, oof, weights_b) if weights_b is not None else ([None, None], [None, None])
+    entry = {
+        "layer": layer,
+        "accuracy_mean": _num(np.mean(accs)),
+        "accuracy_std": _num(np.std(accs)),
+        "auroc_mean": _num(_nanmean(aucs)),
+        "auroc_std": _num(_nanstd(aucs)),
+        "shuffled_accuracy_mean": _num(np.mean(shuffled_acc)) if shuffles else None,
+        "shuffled_auroc_mean": _num(_nanmean(np.array(shuffled_auc))) if shuffles else None,
+        "accuracy_ci": acc_ci,
+        "auroc_ci": auc_ci,
+    }
+    return entry, oof, fit_detector(Xl, y, method, C)
+
+
+def threshold_at_fpr(y: np.ndarray, scores: np.ndarray, fpr: float) -> tuple[float, float, float]:
+    """(threshold, achieved FPR, TPR): the (1 - fpr) quantile of the negatives' scores; flag when score >= it."""
+    neg, pos = scores[y == 0], scores[y == 1]
+    threshold = float(np.clip(np.quantile(neg, 1 - fpr), 0.0, 1.0))
+    return threshold, float(np.mean(neg >= threshold)), float(np.mean(pos >= threshold)) if len(pos) else 0.0
+
+
+def _best_index(per_layer: list[dict]) -> int:
+    """Highest mean CV AUROC; ties broken by accuracy, then by the earlier layer."""
+
+    def key(k):
+        e = per_layer[k]
+        auc = e["auroc_mean"] if e["auroc_mean"] is not None else -math.inf
+        acc = e["accuracy_mean"] if e["accuracy_mean"] is not None else -math.inf
+        return (auc, acc, -k)
+
+    return max(range(len(per_layer)), key=key)
+
+
+# -- labelled data ----------------------------------------------------------------------------
+
+
+def read_labelled(
+    path: str | Path, text_field: str = "text", label_field: str = "label", group_field: str = "group"
+) -> list[dict]:
+    """Rows of a labelled JSONL file: {"text" or "messages", "label", "group", "line"}.
+
+    A row without a group is its own group. Errors name the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labelled data file not found: {path}")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line, parse_constant=_reject_constant)
+            except ValueError as exc:
+                raise ValueError(f"{where}: invalid JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: each line must be a JSON object")
+            row: dict = {"line": lineno}
+            if "messages" in obj and text_field not in obj:
+                row["messages"] = _check_messages(obj["messages"], where)
+            elif isinstance(obj.get(text_field), str) and obj[text_field]:
+                row["text"] = obj[text_field]
+            else:
+                raise ValueError(f"{where}: needs a non-empty string {text_field!r} or a 'messages' list")
+            if label_field not in obj:
+                raise ValueError(f"{where}: missing {label_field!r}")
+            label = obj[label_field]
+            if isinstance(label, bool):
+                label = int(label)
+            if not isinstance(label, (int, str)) or (isinstance(label, int) and label not in (0, 1)):
+                raise ValueError(f"{where}: {label_field!r} must be 0, 1 or a string, got {label!r}")
+            row["label"] = label
+            group = obj.get(group_field, f"line-{lineno}")
+            if isinstance(group, (list, dict)):
+                group = json.dumps(group, sort_keys=True)
+            row["group"] = group
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no examples")
+    return rows
+
+
+def binary_labels(values: Sequence, positive_label=None, *, source: str = "data") -> tuple[np.ndarray, list[str]]:
+    """0/1 targets and [negative, positive] names from 0/1 labels or two distinct strings.
+
+    With string labels and no positive_label, the later one in sorted order is
+    the positive class (so the choice never depends on row order).
+    """
+    values = list(values)
+    kinds = {type(v) for v in values}
+    if kinds <= {int}:
+        positive = 1 if positive_label is None else int(str(positive_label)) if str(positive_label) in ("0", "1") else None
+        if positive is None:
+            raise ValueError(f"{source}: labels are 0/1, so the positive label must be 0 or 1, got {positive_label!r}")
+        y = np.array([1 if v == positive else 0 for v in values], dtype=np.int64)
+        names = ["negative", "positive"]
+    elif kinds <= {str}:
+        distinct = sorted(set(values))
+        if len(distinct) != 2:
+            raise ValueError(f"{source}: string labels must take exactly two values, found {distinct[:10]}")
+        if positive_label is None:
+            positive = distinct[1]
+        elif positive_label in distinct:
+            positive = positive_label
+        else:
+            raise ValueError(f"{source}: positive label {positive_label!r} is not one of {distinct}")
+        negative = distinct[0] if positive == distinct[1] else distinct[1]
+        y = np.array([1 if v == positive else 0 for v in values], dtype=np.int64)
+        names = [negative, positive]
+    else:
+        raise ValueError(f"{source}: labels mix numbers and strings")
+    if y.min() == y.max():
+        raise ValueError(f"{source}: every example has the same label; a probe needs both classes")
+    return y, names
+
+
+def row_tokens(lm, row: dict, chat: bool = False) -> list[int]:
+    """Token ids of one labelled row: chat-templated messages, or text (as a user turn if chat)."""
+    from steering.capture import encode
+
+    if "messages" not in row:
+        return encode(lm, row["text"], chat=chat)
+    messages = row["messages"]
+    ids = lm.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=messages[-1]["role"] != "assistant", tokenize=True
+    )
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return [int(t) for t in ids]
+
+
+def train_probe_from_jsonl(
+    lm,
+    path: str | Path,
+    name: str,
+    *,
+    positive_label=None,
+    position: str = "last",
+    text_field: str = "text",
+    label_field: str = "label",
+    group_field: str = "group",
+    chat: bool = False,
+    progress: bool = False,
+    **train_kwargs,
+) -> Probe:
+    """Capture lm's residual stream for each labelled row at `position` ("last" or "mean") and train."""
+    from steering.capture import capture_hidden_states
+
+    if position not in ("last", "mean"):
+        raise ValueError(f"position must be 'last' or 'mean', got {position!r}")
+    check_name(name)
+    rows = read_labelled(path, text_field=text_field, label_field=label_field, group_field=group_field)
+    y, names = binary_labels([r["label"] for r in rows], positive_label, source=str(path))
+    tokens = [row_tokens(lm, r, chat=chat) for r in rows]
+    X = capture_hidden_states(lm, tokens, position=position, progress=progress)
+    return train_probe(
+        X,
+        y,
+        [r["group"] for r in rows],
+        name,
+        labels=names,
+        model=lm,
+        dataset_hash=files_hash([path]),
+        progress=progress,
+        position=position,
+        **train_kwargs,
+    )
+
+
+# -- small helpers ----------------------------------------------------------------------------
+
+
+def _binary(y) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.all(np.isin(y, (0, 1))):
+        raise ValueError("y must be a 1-D array of 0/1 labels")
+    y = y.astype(np.int64)
+    if y.min() == y.max():
+        raise ValueError("y has only one class; a probe needs both")
+    return y
+
+
+def _check_messages(messages, where: str) -> list[dict]:
+    ok = isinstance(messages, list) and messages and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    )
+    if not ok:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{'role': str, 'content': str}}")
+    return messages
+
+
+def _reject_constant(token: str):
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -500, 500)))
+
+
+def _nanmean(a: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    return float(np.mean(a[np.isfinite(a)])) if np.any(np.isfinite(a)) else float("nan")
+
+
+def _nanstd(a: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    return float(np.std(a[np.isfinite(a)])) if np.any(np.isfinite(a)) else float("nan")
+
+
+def _num(x) -> float | None:
+    return json_safe_float(x)
