@@ -19,7 +19,7 @@ direction is re-estimated without it (mean of the other differences) and the
 pair's own difference is projected onto that unit direction; the score is the
 mean of these held-out gaps over their standard deviation (an effect size
 that in-sample fitting cannot inflate). The recommended layers are a
-contiguous band around the best layer in the middle of the network (35-65% of
+contiguous band around the best layer in the middle of the network (40-70% of
 depth, so never the first or last 10%; see MIDDLE_START for why).
 """
 
@@ -42,15 +42,16 @@ EDGE_FRACTION = 0.10  # layers at either end never recommended: embedding- and u
 # The band is looked for in the middle of the network only. Separation scores are highest in the
 # first layers, where the pairs differ by their literal tokens, but adding there steers little;
 # late layers are shaped for the next token and adding there breaks fluency. Measured on
-# SmolLM2-135M (30 layers), red/blue pairs, greedy: best raw score at layers 2-5 and steering there
-# changed nothing about colour; layers 12-16 gave "a vibrant red hue"; 17-21 gave broken text.
-MIDDLE_START, MIDDLE_END = 0.35, 0.65
+# SmolLM2-135M (30 layers), red/blue pairs, greedy, same total shift: best raw score at layers 2-5
+# and steering there changed nothing about colour; 8-13 and 10-15 changed the text but not toward
+# red; 12-17 gave "The vibrant red hue of this enchanted flower"; 14-19 and 17-21 looped or broke.
+# One model and two concepts: a prior, not a law; `layers=` overrides it per request.
+MIDDLE_START, MIDDLE_END = 0.40, 0.70
 BAND_FRACTION = 0.2  # at most this share of the layers in the recommended band
 BAND_KEEP = 0.25  # neighbours stay in the band while their score is at least this share of the best
 # default_alpha: the added vector summed over the band's layers is this share of the largest
-# residual norm in the band. SmolLM2-135M, layers 10-15, greedy: at 0.3 the text changes but keeps
-# its topic, at 0.6-0.9 the concept shows up (cat pairs: "Your cat's obsession ..."), beyond ~1
-# fluency breaks.
+# residual norm in the band. SmolLM2-135M, greedy: 0.5-0.6 changes the text and sometimes brings
+# the concept in ("a vibrant red hue", "Your cat's obsession ..."); from about 1.0 fluency breaks.
 TARGET_SHIFT = 0.6
 MIN_PAIRS = 2
 MAX_TEXT_CHARS = 20_000

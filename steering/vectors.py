@@ -121,7 +121,7 @@ def _parse_layer_string(spec: str, num_layers: int) -> list[int]:
 # -- the vector -------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # identity is sha256; numpy fields make == ambiguous
 class SteeringVector:
     name: str
     directions: np.ndarray  # (num_layers, hidden) float32; zero rows for layers without a direction
@@ -470,15 +470,16 @@ class VectorLibrary:
         """(Re)load every NAME.json in root; bad ones are skipped and returned."""
         loaded: dict[str, SteeringVector] = {}
         errors: list[ArtifactError] = []
-        paths = sorted(self.root.glob(f"*{JSON_SUFFIX}")) if self.root.is_dir() else []
-        for path in paths:
-            try:
-                vector = SteeringVector.load(path, **self._expect())
-            except ArtifactError as exc:
-                errors.append(exc)
-                continue
-            loaded[vector.name] = vector
+        # held while scanning so an install that lands meanwhile is not dropped by the swap below
         with self._write_lock:
+            paths = sorted(self.root.glob(f"*{JSON_SUFFIX}")) if self.root.is_dir() else []
+            for path in paths:
+                try:
+                    vector = SteeringVector.load(path, **self._expect())
+                except ArtifactError as exc:
+                    errors.append(exc)
+                    continue
+                loaded[vector.name] = vector
             self._vectors = loaded
         return errors
 
