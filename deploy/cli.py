@@ -1,4 +1,4 @@
-"""`mlx-interp service install | uninstall | status | logs`: the server as a background service.
+"""`mlx-interp service install | uninstall | status | restart | logs`: the server as a background service.
 
 macOS: a launchd LaunchAgent; Linux: a systemd user unit. --platform (or
 $MLX_INTERP_SERVICE_PLATFORM) picks one explicitly, e.g. to see with --dry-run
@@ -57,6 +57,10 @@ def register(subparsers) -> None:
     q = sub.add_parser("status", help="what is installed, what the service manager says, whether the server answers")
     common(q)
     q.set_defaults(func=run_status)
+
+    q = sub.add_parser("restart", help="restart the service (e.g. after upgrading mlx-interp)")
+    common(q)
+    q.set_defaults(func=run_restart)
 
     q = sub.add_parser("logs", help="show the server's log")
     common(q)
@@ -195,6 +199,20 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"server: not answering at {service.get('url')}/health")
         return 3
     print(f"server: answering at {service.get('url')}/health: {answer}")
+    return 0
+
+
+@_guarded
+def run_restart(args: argparse.Namespace) -> int:
+    from .installer import detect_platform, installed, platform_for
+    from .runner import CommandRunner
+
+    platform_name = detect_platform(args.platform)
+    manifest = installed(args.name, platform_name, _home())
+    if manifest is None:
+        raise ValueError(f"no service {args.name!r} installed for {platform_name}; run mlx-interp service install")
+    CommandRunner().run(platform_for(manifest.platform, manifest.log_to_files).restart_command(args.name))
+    print(f"restarted {args.name}")
     return 0
 
 

@@ -102,6 +102,9 @@ class LaunchdPlatform:
     def status_command(self, name: str) -> list[str]:
         return [LAUNCHCTL, "print", service_target(name)]
 
+    def restart_command(self, name: str) -> list[str]:
+        return [LAUNCHCTL, "kickstart", "-k", service_target(name)]
+
     def logs_command(self, name: str, home: Path, lines: int, follow: bool) -> list[str]:
         files = [str(p) for p in log_files(home, name)]
         return ["tail", "-n", str(lines), *(["-F"] if follow else []), *files]

@@ -132,6 +132,9 @@ class SystemdPlatform:
     def status_command(self, name: str) -> list[str]:
         return [SYSTEMCTL, "--user", "status", "--no-pager", systemd_unit(name)]
 
+    def restart_command(self, name: str) -> list[str]:
+        return [SYSTEMCTL, "--user", "restart", systemd_unit(name)]
+
     def logs_command(self, name: str, home: Path, lines: int, follow: bool) -> list[str]:
         if self.log_to_files:
             return ["tail", "-n", str(lines), *(["-F"] if follow else []), *map(str, log_files(home, name))]

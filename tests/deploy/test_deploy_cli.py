@@ -80,6 +80,9 @@ def test_macos_install_status_uninstall(box):
                            ["launchctl", "bootstrap", f"gui/{UID}", str(plist)]]
     assert plist.stat().st_mode & 0o777 == 0o644  # no key any more
 
+    assert box.run("restart", "--platform", "macos").returncode == 0
+    assert box.calls() == [["launchctl", "kickstart", "-k", f"gui/{UID}/{LABEL}"]]
+
     status = box.run("status", "--platform", "macos")
     assert status.returncode == 3 and "not answering" in status.stdout  # nothing listens on 8765
     assert box.calls() == [["launchctl", "print", f"gui/{UID}/{LABEL}"]]
@@ -115,6 +118,8 @@ def test_linux_install_logs_uninstall(box):
     assert box.calls() == [["journalctl", "--user", "-u", "mlx-interp.service", "-n", "20", "--no-pager"]]
     box.run("status", "--platform", "linux")
     assert box.calls() == [["systemctl", "--user", "status", "--no-pager", "mlx-interp.service"]]
+    assert box.run("restart", "--platform", "linux").returncode == 0
+    assert box.calls() == [["systemctl", "--user", "restart", "mlx-interp.service"]]
 
     other_unit = box.home / ".config/systemd/user/other.service"
     other_unit.write_text("[Unit]\n")
@@ -173,7 +178,9 @@ def test_errors_are_one_line(box):
         done = box.run(*args)
         assert done.returncode != 0 and done.stderr.startswith(message), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
-    assert box.run("status", "--platform", "linux").returncode == 3
+    assert box.run("status", "--platform", "linux", "--name", "ghost").returncode == 3
+    not_installed = box.run("restart", "--platform", "linux", "--name", "ghost")
+    assert not_installed.returncode == 1 and not_installed.stderr.startswith("error: no service 'ghost' installed")
 
 
 class _Health(BaseHTTPRequestHandler):
