@@ -99,16 +99,17 @@ class DecodeBatch:
 
     # -- batch membership -----------------------------------------------------
     def add(self, uid, prefill: Prefill, interventions: Sequence[Intervention] = ()) -> None:
-        from mlx_lm.models.cache import KVCache
-
-        row_cache = [KVCache.merge([c]) if not self.rows else c for c in prefill.cache]
+        # Each layer's cache is batched by its own class (KVCache -> BatchKVCache,
+        # RotatingKVCache -> BatchRotatingKVCache, ...), then joins the batch.
+        merged = []
+        for c in prefill.cache:
+            if not hasattr(type(c), "merge"):
+                raise ValueError(f"{type(c).__name__} caches cannot be batched")
+            merged.append(type(c).merge([c]))
         if not self.rows:
-            self.cache = row_cache
+            self.cache = merged
         else:
-            merged = [type(c).merge([r]) if hasattr(c, "merge") else None for c, r in zip(self.cache, prefill.cache)]
             for mine, theirs in zip(self.cache, merged):
-                if theirs is None:
-                    raise ValueError(f"{type(mine).__name__} caches cannot be batched")
                 mine.extend(theirs)
         self.rows.append(Row(uid, tuple(interventions)))
         self._rebuild_steering()
