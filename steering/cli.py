@@ -38,7 +38,7 @@ def _register_vectors(subparsers) -> None:
     build.add_argument("--method", choices=("mean_diff", "pca"), default="mean_diff", help="how to combine the paired differences (default: mean_diff)")
     build.add_argument("--position", choices=("last", "mean"), default="last", help="which token's state to use (default: last)")
     build.add_argument("--no-chat", action="store_true", help="feed the texts raw instead of as chat user turns")
-    build.add_argument("--out", default=".", help="directory to write NAME.json and NAME.safetensors into (default: current directory)")
+    build.add_argument("--out", default=None, help="directory to write NAME.json and NAME.safetensors into (default: the shipped library, which `generate` and `serve` read)")
     build.add_argument("--description", default="", help="one line saying what the vector does")
     build.set_defaults(func=_vectors_build)
 
@@ -55,7 +55,7 @@ def _register_vectors(subparsers) -> None:
     imp.add_argument("file", metavar="FILE", help="control vector .gguf")
     imp.add_argument("--name", required=True, help="name for the imported vector")
     imp.add_argument("--model", default=None, help="check the vector against this model and record it (optional)")
-    imp.add_argument("--out", default=".", help="directory to write into (default: current directory)")
+    imp.add_argument("--out", default=None, help="directory to write into (default: the shipped library)")
     imp.add_argument("--description", default=None)
     imp.set_defaults(func=_vectors_import)
 
@@ -76,12 +76,11 @@ def _load_model(spec: str):
 
 
 def _vectors_build(args) -> int:
+    from .artifacts import check_name
     from .extraction import build_vector, read_pairs
 
-    pairs = read_pairs(args.pairs)
-    from .artifacts import check_name
-
     check_name(args.name)
+    pairs = read_pairs(args.pairs)
     lm = _load_model(args.model)
     vector = build_vector(
         lm,
@@ -94,7 +93,7 @@ def _vectors_build(args) -> int:
         progress=True,
         dataset_paths=[args.pairs],
     )
-    path = vector.save(args.out)
+    path = vector.save(args.out or SHIPPED_LIBRARY)
     extra = vector.metadata.get("extra", {})
     best = max(vector.recommended_layers, key=lambda l: extra["separation"][l])
     print(
@@ -164,7 +163,7 @@ def _vectors_import(args) -> int:
 
     lm = _load_model(args.model) if args.model else None
     vector = import_gguf(args.file, args.name, lm, description=args.description)
-    path = vector.save(args.out)
+    path = vector.save(args.out or SHIPPED_LIBRARY)
     print(f"wrote {path} (layers {_layer_range(vector.recommended_layers)}, hidden {vector.hidden_size}, {vector.num_layers} layers)")
     return 0
 

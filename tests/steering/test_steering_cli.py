@@ -156,3 +156,21 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys):
     assert main(argv) == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert message in line
+
+
+def test_default_directory_is_the_shipped_library(built, tmp_path, monkeypatch, capsys):
+    """build without --out writes where generate, list and show look without a directory."""
+    import steering.cli
+
+    model, _ = built
+    monkeypatch.setattr(steering.cli, "SHIPPED_LIBRARY", tmp_path / "library")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    assert main(["vectors", "build", "--pairs", str(pairs), "--name", "shipped", "--model", model]) == 0
+    assert (tmp_path / "library" / "shipped.json").exists()
+    assert main(["vectors", "list"]) == 0
+    assert "shipped" in capsys.readouterr().out
+    assert main(["vectors", "show", "shipped"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "shipped"
+    assert main(["generate", "--model", model, "--prompt", "Hi", "--steer", "shipped", "--max-tokens", "2"]) == 0
+    assert "steered: shipped" in capsys.readouterr().err
