@@ -83,9 +83,9 @@ class LaunchdPlatform:
         return [log_dir(home, spec.name)]
 
     def start(self, spec: ServiceSpec, home: Path, reinstall: bool) -> list[Step]:
-        steps: list[Step] = []
-        if reinstall:
-            steps.append(RunCommand((LAUNCHCTL, "bootout", service_target(spec.name)), may_fail=True))
+        # unload whatever runs under this label first (an earlier install, or one loaded by hand):
+        # bootstrap refuses a label that is already loaded
+        steps: list[Step] = [RunCommand((LAUNCHCTL, "bootout", service_target(spec.name)), may_fail=True)]
         steps += [
             # a service once disabled (launchctl disable) refuses to bootstrap until enabled again
             RunCommand((LAUNCHCTL, "enable", service_target(spec.name))),

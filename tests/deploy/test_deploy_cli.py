@@ -63,7 +63,8 @@ def test_macos_install_status_uninstall(box):
     done = box.run("install", "--platform", "macos", "--port", "8765", "--api-key", "sekret", "--vectors", str(vectors))
     assert done.returncode == 0, done.stderr
     plist = box.home / f"Library/LaunchAgents/{LABEL}.plist"
-    assert box.calls() == [["launchctl", "enable", f"gui/{UID}/{LABEL}"],
+    assert box.calls() == [["launchctl", "bootout", f"gui/{UID}/{LABEL}"],
+                           ["launchctl", "enable", f"gui/{UID}/{LABEL}"],
                            ["launchctl", "bootstrap", f"gui/{UID}", str(plist)]]
     data = plistlib.loads(plist.read_bytes())
     assert data["ProgramArguments"] == [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", "default",
@@ -73,7 +74,7 @@ def test_macos_install_status_uninstall(box):
     assert (box.home / "Library/Logs/mlx-interp").is_dir()
     assert "sekret" not in done.stdout
 
-    # installing again replaces the loaded job
+    # installing again replaces the loaded job the same way
     assert box.run("install", "--platform", "macos", "--port", "8765").returncode == 0
     assert box.calls() == [["launchctl", "bootout", f"gui/{UID}/{LABEL}"],
                            ["launchctl", "enable", f"gui/{UID}/{LABEL}"],

@@ -163,7 +163,8 @@ def test_plans_are_the_same_steps_dry_run_prints(tmp_path):
     assert "sekret-key" not in plist.shown and "********" in plist.shown
     commands = [s.argv for s in steps if isinstance(s, RunCommand)]
     uid = os.getuid()
-    assert commands == [("launchctl", "enable", f"gui/{uid}/com.mlx-interp.server"),
+    assert commands == [("launchctl", "bootout", f"gui/{uid}/com.mlx-interp.server"),
+                        ("launchctl", "enable", f"gui/{uid}/com.mlx-interp.server"),
                         ("launchctl", "bootstrap", f"gui/{uid}", str(plist.path))]
     assert list(tmp_path.iterdir()) == []  # planning writes nothing
     with pytest.raises(ValueError, match="no service 'mlx-interp' installed"):
