@@ -115,7 +115,7 @@ def green_red_pairs() -> list[dict]:
     for f, frame in enumerate(PAIR_FRAMES):
         objects = PAIR_OBJECTS if "{o}" in frame else [None]
         for o in objects:
-            rows.append({"positive": frame.format(o=o, c="red"), "negative": frame.format(o=o, c="green")})
+            rows.append({"positive": frame.format(o=o, c="red"), "negative": frame.format(o=o, c="green"), "chat": False})
     return rows
 
 
