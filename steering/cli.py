@@ -7,7 +7,6 @@ the dispatcher in mlx_interp/cli.py prints them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
