@@ -69,7 +69,10 @@ def tensor_types(path: Path) -> dict[str, str]:
     """GGUF tensor name -> ggml type name, read from the header only."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    try:
+        reader = GGUFReader(str(path))
+    except (ValueError, OSError, IndexError) as exc:  # bad magic, truncated header, ...
+        raise GGUFError(f"{path}: not a readable GGUF file ({exc})") from None
     return {t.name: t.tensor_type.name for t in reader.tensors}
 
 

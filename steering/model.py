@@ -59,10 +59,31 @@ def resolve_model_path(spec: str, progress: bool = True) -> tuple[str, Path]:
         return path.name, path
     if path.exists():
         raise ValueError(f"{path} is neither a model directory nor a .gguf file")
-    # A Hugging Face repo id: mlx-lm resolves it from the local hub cache or downloads it.
-    from mlx_lm.utils import hf_repo_to_path
+    if _looks_like_path(spec):
+        raise FileNotFoundError(f"model not found: {spec} (no such file or directory)")
+    return spec, _hub_model_path(spec)
 
-    return spec, Path(hf_repo_to_path(spec))
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec that can only mean a local path; 'owner/name' (or 'name') may be a hub repo id."""
+    return spec.startswith(("/", ".", "~", "\\")) or spec.count("/") > 1 or ":" in spec
+
+
+def _hub_model_path(repo_id: str) -> Path:
+    """A Hugging Face repo id, as mlx-lm loads it: the local hub cache first, else a download."""
+    from mlx_lm.utils import _download, hf_repo_to_path
+
+    try:
+        return Path(hf_repo_to_path(repo_id))
+    except Exception:  # not in the local cache (or not a valid id): let the hub answer
+        pass
+    try:
+        return Path(_download(repo_id))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileNotFoundError(
+            f"model {repo_id!r} is not a local path and could not be fetched from the Hugging Face hub: {reason}"
+        ) from None
 
 
 def load_model(spec: str = "default", dtype: str | None = None, progress: bool = True) -> LoadedModel:
