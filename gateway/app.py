@@ -116,7 +116,8 @@ async def completions(request):
 
 
 def _models(gw: Gateway) -> list[dict]:
-    base = [model_object(m, gw.created, root=gw.lm.model_id) for m in gw.model_ids]
+    facts = {"fingerprint": gw.lm.fingerprint, "hidden_size": gw.lm.hidden_size, "num_layers": gw.lm.num_layers}
+    base = [model_object(m, gw.created, root=gw.lm.model_id, **facts) for m in gw.model_ids]
     presets = [
         model_object(p.name, gw.created, root=gw.lm.model_id, preset={"steer": p.steer, "probes": p.probes, "description": p.description})
         for p in gw.presets.values()

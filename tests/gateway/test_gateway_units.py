@@ -1,0 +1,133 @@
+"""Pieces of the gateway that need no server: stop strings, steering specs, limits, strict JSON, prompt cache."""
+
+import argparse
+
+import numpy as np
+import pytest
+
+from gateway.errors import BadRequest
+from gateway.jsonio import dumps, loads
+from gateway.limits import Limits, add_limit_arguments, limits_from
+from gateway.stops import StopMatcher
+from gateway import steer_spec
+
+
+def run_stops(stops, pieces):
+    m = StopMatcher(stops)
+    out, stopped = [], False
+    for p in pieces:
+        text, stopped = m.feed(p)
+        out.append(text)
+        if stopped:
+            break
+    if not stopped:
+        out.append(m.flush())
+    return out, stopped
+
+
+def test_stop_string_across_tokens_is_never_shown():
+    out, stopped = run_stops(["END"], ["abc E", "N", "D tail"])
+    assert stopped and "".join(out) == "abc "
+    assert out == ["abc ", "", ""]  # "E" and "N" were held back, then dropped
+
+
+def test_false_start_of_a_stop_string_is_released():
+    out, stopped = run_stops(["END"], ["a E", "NX", " b"])
+    assert not stopped and "".join(out) == "a ENX b"
+    assert out[0] == "a "  # only the possible prefix was held
+
+
+def test_earliest_of_several_stop_strings_wins():
+    out, stopped = run_stops(["zz", "b"], ["a", "bzz"])
+    assert stopped and "".join(out) == "a"
+
+
+def test_no_stops_passes_text_through():
+    assert run_stops([], ["x", "y"]) == (["x", "y", ""], False)
+
+
+def test_steer_header_and_body_forms():
+    limits = Limits()
+    (a, b) = steer_spec.parse_header("green_red=1.5, calm = -0.5", limits)
+    assert (a.vector, a.alpha, b.vector, b.alpha) == ("green_red", 1.5, "calm", -0.5)
+    (c,) = steer_spec.parse_header("calm", limits)
+    assert c.alpha is None
+    (d,) = steer_spec.parse_body([{"vector": "v", "alpha": [1, 2, 3], "layers": "1-2", "scope": "generation"}], 3, limits)
+    assert d.alpha == (1.0, 2.0, 3.0) and d.layers == "1-2" and d.scope == "generation"
+    with pytest.raises(BadRequest, match="at most"):
+        steer_spec.parse_body({"v": 1e9}, 1, limits)
+    with pytest.raises(BadRequest, match="one value per choice"):
+        steer_spec.parse_body({"v": [1, 2]}, 3, limits)
+
+
+def test_build_plan_uses_the_vector_intervention(tiny_llama, tmp_path):
+    from gateway.catalog import Shelf
+    from gateway_helpers import make_vector
+    from steering.vectors import VectorLibrary
+
+    make_vector(tiny_llama, "v", tmp_path, seed=5)
+    lib = VectorLibrary(tmp_path, fingerprint=tiny_llama.fingerprint, hidden_size=tiny_llama.hidden_size, num_layers=tiny_llama.num_layers)
+    assert lib.load_all() == []
+    shelf = Shelf([lib])
+    entries = steer_spec.parse_body([{"vector": "v", "alpha": [0.5, -2.0], "op": "add", "layers": [3]}], 2, Limits())
+    plan = steer_spec.build_plan(entries, 2, shelf, Limits())
+    assert [c[0].alpha for c in plan.per_choice] == [0.5, -2.0]
+    assert plan.per_choice[0][0].layers == (3,)
+    assert plan.applied == [{"vector": "v", "alpha": [0.5, -2.0], "op": "add", "layers": [3], "scope": "all", "sha256": lib.get("v").sha256}]
+    with pytest.raises(BadRequest) as err:
+        steer_spec.build_plan(steer_spec.parse_body({"w": 1}, 1, Limits()), 1, shelf, Limits())
+    assert err.value.param == "steer"
+
+
+def test_limits_from_flags_and_environment():
+    parser = argparse.ArgumentParser()
+    add_limit_arguments(parser)
+    args = parser.parse_args(["--max-n", "3"])
+    limits = limits_from(args, environ={"MLX_INTERP_MAX_QUEUE": "5", "MLX_INTERP_MAX_N": "9"})
+    assert limits.max_n == 3 and limits.max_queue == 5 and limits.max_body_bytes == Limits().max_body_bytes
+    with pytest.raises(ValueError, match="MLX_INTERP_MAX_QUEUE"):
+        limits_from(None, environ={"MLX_INTERP_MAX_QUEUE": "many"})
+    with pytest.raises(ValueError, match="positive"):
+        limits_from(parser.parse_args(["--max-alpha", "0"]), environ={})
+
+
+def test_strict_json():
+    with pytest.raises(BadRequest, match="NaN"):
+        loads(b'{"a": NaN}')
+    with pytest.raises(ValueError):
+        dumps({"a": float("inf")})
+    assert loads(dumps({"a": [1, 2.5, "é"]})) == {"a": [1, 2.5, "é"]}
+
+
+def test_prompt_cache_reuses_a_prefix_without_changing_results(tiny_llama):
+    """A prefix taken from the cache gives the logits of a fresh prefill, and the stored entry stays intact."""
+    import threading
+
+    from gateway.engine import PromptCache
+    from steering.generation import steering_session
+
+    result = {}
+
+    def run():  # mlx arrays belong to the thread that made them: do it all in one thread
+        cache = PromptCache(entries=2)
+        with steering_session(tiny_llama) as batch:
+            first = [5, 6, 7, 8, 9, 10]
+            pre = batch.prefill(first)
+            cache.store((), first, pre.cache)
+            second = [5, 6, 7, 8, 40, 41, 42]
+            reused, n = cache.lookup((), second)
+            warm = batch.prefill(second, cache=reused, cached_tokens=n)
+            cold = batch.prefill(second)
+            again, m = cache.lookup((), first)
+            whole = batch.prefill(first, cache=again, cached_tokens=m)
+            result.update(n=n, m=m, warm=np.array(warm.logits), cold=np.array(cold.logits),
+                          whole=np.array(whole.logits), first=np.array(pre.logits),
+                          other=cache.lookup(("steered",), first)[1])
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert result["n"] == 4 and result["m"] == 6
+    np.testing.assert_allclose(result["warm"], result["cold"], atol=1e-4)
+    np.testing.assert_allclose(result["whole"], result["first"], atol=1e-4)
+    assert result["other"] == 0  # different prompt steering never shares a cache
