@@ -99,7 +99,7 @@ def cmd_list(args) -> int:
     from .probe import ProbeLibrary
 
     root = Path(args.dir)
-    if not root.exists():
+    if not root.exists() and root != LIBRARY_DIR:  # the shipped folder may simply not have been filled
         raise FileNotFoundError(f"probe folder not found: {root}")
     library = ProbeLibrary(root)
     errors = library.load_all()
@@ -126,7 +126,7 @@ def cmd_show(args) -> int:
     probe = Probe.load(resolve_probe_path(args.path))
     meta = probe.metadata
     print(f"{probe.name}: {meta.get('description') or '(no description)'}")
-    for key in ("labels", "method", "best_layer", "aggregation", "threshold", "threshold_fpr", "threshold_tpr",
+    for key in ("labels", "method", "best_layer", "aggregation", "threshold", "threshold_fpr", "threshold_fpr_achieved", "threshold_tpr",
                 "position", "model_id", "model_fingerprint", "hidden_size", "num_layers", "n_examples", "folds",
                 "dataset_hash", "created"):
         if key in meta:
