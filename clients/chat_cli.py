@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 

@@ -4,7 +4,7 @@ import json
 import socket
 
 import pytest
-from fake_mlx_server import FakeServer, Script
+from fake_mlx_server import FakeServer
 
 from clients import MlxInterpClient, ProbeRequest, ServerError, Steer, probe_scores, steering_applied
 from clients.chat import ChatSession, ProbeMeter, Reply
