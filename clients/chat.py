@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from .extensions import Steer, parse_steer_text, steer_json
+from .errors import ServerError
+from .extensions import ProbeRequest, Steer, parse_steer_text, steer_json
 from .readers import chunk_text, probe_scores
 
 HELP = """commands:
@@ -159,6 +160,7 @@ class ChatSession:
             self.steer = []
             return CommandResult(self.steering_text())
         new = parse_steer_text(rest)
+        self._check_known("vector", [s.vector for s in new], self.client.vectors)
         by_name = {s.vector: s for s in self.steer}
         by_name.update({s.vector: s for s in new})
         self.steer = [s for s in by_name.values() if not (isinstance(s.alpha, float) and s.alpha == 0.0)]
@@ -172,11 +174,22 @@ class ChatSession:
             return CommandResult(self.probes_text())
         if rest.lower() == "list":
             return CommandResult(_listing("probes", self.client.probes()))
-        names = [n for n in rest.replace(",", " ").split() if n]
-        from .extensions import ProbeRequest
-
-        self.probes = [ProbeRequest(n).name for n in dict.fromkeys(names)]
+        names = [ProbeRequest(n).name for n in dict.fromkeys(rest.replace(",", " ").split())]
+        self._check_known("probe", names, self.client.probes)
+        self.probes = names
         return CommandResult(self.probes_text())
+
+    @staticmethod
+    def _check_known(kind: str, names: list[str], listing: Callable[[], list[dict]]) -> None:
+        """Refuse a name the server does not have now, rather than at the next message."""
+        try:
+            known = {item.get("name") for item in listing()}
+        except ServerError:
+            return  # cannot tell; the server will say so when the message is sent
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            have = ", ".join(sorted(n for n in known if n)) or "none"
+            raise ValueError(f"the server has no {kind} {unknown[0]!r} (it has: {have})")
 
     def _cmd_vectors(self, rest: str) -> CommandResult:
         return CommandResult(_listing("vectors", self.client.vectors()))

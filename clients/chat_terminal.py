@@ -100,6 +100,8 @@ def main(args: argparse.Namespace) -> int:
     model = args.model or (models[0] if models else None)
     if model is None:
         return _fail(f"the server at {client.base_url} lists no models", EXIT_SERVER)
+    if model not in models:
+        return _fail(f"the server has no model {model!r} (it has: {', '.join(models)})", EXIT_SERVER)
 
     options = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
                                  ("seed", args.seed)) if v is not None}

@@ -22,7 +22,8 @@ class Script:
     # per-token score of every probe asked for (same list for each probe unless given per probe)
     scores: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.9, 0.95, 0.3])
     per_probe: dict[str, list[float]] = field(default_factory=dict)
-    vectors: tuple[str, ...] = ("green_red",)
+    vectors: tuple[str, ...] = ("green_red", "calm")
+    max_alpha: float = 100.0
     probes: tuple[str, ...] = ("sycophancy", "emotion")
     threshold: float = 0.8
     stream_token_scores: bool = True  # False: only the final chunk carries scores
@@ -156,6 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
         script = self.fake.script
         steer = _parse_steer(body, self.headers)
         for s in steer:
+            if abs(s["alpha"]) > script.max_alpha:
+                return self._send(*_error(400, f"steer: |alpha| {abs(s['alpha'])} is above the limit {script.max_alpha}", "invalid_request_error", "steer"))
             if s["vector"] not in script.vectors:
                 return self._send(*_error(400, f"steer: unknown steering vector '{s['vector']}'", "invalid_request_error", "steer", "unknown_vector"))
         probes = _parse_probes(body, self.headers, script.probes)

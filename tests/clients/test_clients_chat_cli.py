@@ -41,12 +41,20 @@ def test_key_from_environment_and_flags(server):
 
 
 def test_bad_request_is_one_line_and_a_script_fails(server):
-    done = run_chat_piped(["--base-url", server.base_url, "--api-key", "sekrit"], "/steer nope 1\nhi\n/steer off\nhi\n")
+    script = "/steer nope 1\n/steer green_red 500\nhi\n/steer off\nhi\n"
+    done = run_chat_piped(["--base-url", server.base_url, "--api-key", "sekrit"], script)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "error: steer: unknown steering vector 'nope' (HTTP 400)"
+        "error: the server has no vector 'nope' (it has: calm, green_red)",
+        "error: steer: |alpha| 500.0 is above the limit 100.0 (HTTP 400)",
     ]
-    assert "The answer is 4." in done.stdout  # the session went on after the error
+    assert done.stdout.count("The answer is 4.") == 1  # the session went on after the errors
+
+
+def test_unknown_model_is_one_line(server):
+    done = run_chat_piped(["--base-url", server.base_url, "--api-key", "sekrit", "--model", "ghost"], "hi\n")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: the server has no model 'ghost' (it has: tiny-model)"
 
 
 def test_wrong_key_is_one_line(server):

@@ -64,7 +64,7 @@ def test_stream_chat_yields_live_token_scores(client):
 def test_listing_and_health(client):
     assert client.models() == ["tiny-model"]
     assert [p["name"] for p in client.probes()] == ["sycophancy", "emotion"]
-    assert [v["name"] for v in client.vectors()] == ["green_red"]
+    assert [v["name"] for v in client.vectors()] == ["green_red", "calm"]
     assert client.health() == {"status": "ok"}
 
 
@@ -160,6 +160,10 @@ def test_chat_session_commands_and_history(server, client):
     assert session.command("/steer calm 0").output == "steering: green_red=1.5"
     assert session.command("/probes sycophancy, emotion").output == "probes: sycophancy, emotion"
     assert session.command("/steer green_red=x").error
+    unknown = session.command("/steer nope 1")
+    assert unknown.error and unknown.output == "the server has no vector 'nope' (it has: calm, green_red)"
+    assert session.command("/probes sycophancy nosuch").output == "the server has no probe 'nosuch' (it has: emotion, sycophancy)"
+    assert session.steering_text() == "steering: green_red=1.5" and session.probes_text() == "probes: sycophancy, emotion"
     assert session.command("/frobnicate").error
     assert session.command("/quit").quit
     assert "sycophancy" in session.command("/probes list").output
@@ -185,7 +189,7 @@ def test_chat_session_commands_and_history(server, client):
 
 def test_chat_session_failed_turn_is_not_kept(client):
     session = ChatSession(client, "tiny-model")
-    session.command("/steer nope 1")
+    session.steer = [Steer("nope", 1.0)]  # e.g. removed on the server since it was chosen
     with pytest.raises(ServerError):
         list(session.send("hi", Reply()))
     assert session.messages == []

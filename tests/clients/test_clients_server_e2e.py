@@ -116,8 +116,10 @@ def client(server):
 
 def test_helpers_round_trip(client):
     assert "default" in client.models()
-    assert {p["name"] for p in client.probes()} == {"sycophancy", "calm"}
-    assert [v["name"] for v in client.vectors()] == ["green_red"]
+    # ours come first; the package's shipped libraries may add more names
+    probes = {p["name"]: p for p in client.probes()}
+    assert {"sycophancy", "calm"} <= set(probes) and probes["sycophancy"]["library"].endswith("probes")
+    assert "green_red" in {v["name"] for v in client.vectors()}
     reply = client.chat(USER, steer=[Steer("green_red", 2.0, layers="8-10")], probes=["sycophancy", "calm"],
                         max_tokens=MAX_TOKENS, temperature=0)
     (applied,) = steering_applied(reply)
@@ -224,9 +226,12 @@ def test_chat_in_a_terminal(server):
         assert b"[probes] sycophancy mean 1.00" in out or b"[probes] sycophancy mean 0.99" in out
         assert b"probes: off" in chat.exchange("/probes off")
         out = chat.exchange("/steer nope 1")
-        assert b"steering: green_red=1.5, nope=1" in out
+        assert b"error: the server has no vector 'nope' (it has: " in out
+        assert b"steering: green_red=5000" in chat.exchange("/steer green_red 5000")
         out = chat.exchange("Hi again", timeout=120)
-        assert b"error: " in out and b"nope" in out and b"Traceback" not in out
+        assert b"error: " in out and b"alpha" in out and b"(HTTP 400)" in out and b"Traceback" not in out
+        out = chat.exchange("/history")
+        assert b"user: Hello!" in out and b"Hi again" not in out  # a refused message is not kept
         assert chat.close() == 0
     finally:
         if chat.proc.poll() is None:
