@@ -27,6 +27,7 @@ class Script:
     probes: tuple[str, ...] = ("sycophancy", "emotion")
     threshold: float = 0.8
     stream_token_scores: bool = True  # False: only the final chunk carries scores
+    fail_after: int | None = None  # stream an in-band error event after this many tokens
 
 
 class FakeServer:
@@ -194,6 +195,12 @@ class _Handler(BaseHTTPRequestHandler):
         top = {"steering": steering} if steering else {}
         emit({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}, **top)
         for i, token in enumerate(script.tokens):
+            if script.fail_after is not None and i == script.fail_after:
+                error = {"error": {"message": "generation failed: out of memory", "type": "server_error", "param": None, "code": None}}
+                self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
+                self.wfile.flush()
+                self.close_connection = True
+                return
             choice = {"index": 0, "delta": {"content": token}, "finish_reason": None}
             if probes and script.stream_token_scores:
                 choice["probes"] = {n: {"score": self.fake.scores_for(n)[i]} for n in probes}

@@ -210,3 +210,16 @@ def test_record_is_strict_json(client, tmp_path):
     Monitor(client, [AlarmRule("sycophancy", 0.99)], record=record).ask("hi")
     text = record.read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-finite constant {c} in record"))
+
+
+def test_error_in_the_middle_of_a_stream(server, client):
+    server.script.fail_after = 2
+    seen = []
+    with pytest.raises(ServerError, match=r"^generation failed: out of memory$"):
+        for chunk in client.stream_chat(USER):
+            seen.append(chunk)
+    assert len(seen) == 3  # the role chunk and two tokens came before the error
+    monitor = Monitor(client, [AlarmRule("sycophancy", 0.5)])
+    with pytest.raises(ServerError):
+        monitor.ask("hi")
+    assert monitor.turns == [] and monitor.messages == []
