@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Hashable, Sequence
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from steering.artifacts import FORMAT_VERSION, check_name, dataset_hash as files_hash, json_safe_float, utc_now
 
@@ -256,7 +255,7 @@ def train_probe(
 
         bar = iterator = tqdm(layer_list, desc=f"training {name}", unit="layer")
     for layer in iterator:
-        with threadpool_limits(BLAS_THREADS):
+        with _few_blas_threads():
             per_layer_entry, oof, final = _train_layer(X[:, layer, :], y, layer, splits, shuffles, weights_b, method, C)
         per_layer.append(per_layer_entry)
         oofs.append(oof)
@@ -512,6 +511,17 @@ def _check_messages(messages, where: str) -> list[dict]:
 
 def _reject_constant(token: str):
     raise ValueError(f"{token} is not valid JSON")
+
+
+def _few_blas_threads():
+    """Limit BLAS threads for the many small fits (threadpoolctl ships with scikit-learn)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn depends on it
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return threadpool_limits(BLAS_THREADS)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
