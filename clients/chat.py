@@ -160,7 +160,7 @@ class ChatSession:
             self.steer = []
             return CommandResult(self.steering_text())
         new = parse_steer_text(rest)
-        self._check_known("vector", [s.vector for s in new], self.client.vectors)
+        self.check_known("vector", [s.vector for s in new], self.client.vectors)
         by_name = {s.vector: s for s in self.steer}
         by_name.update({s.vector: s for s in new})
         self.steer = [s for s in by_name.values() if not (isinstance(s.alpha, float) and s.alpha == 0.0)]
@@ -175,12 +175,12 @@ class ChatSession:
         if rest.lower() == "list":
             return CommandResult(_listing("probes", self.client.probes()))
         names = [ProbeRequest(n).name for n in dict.fromkeys(rest.replace(",", " ").split())]
-        self._check_known("probe", names, self.client.probes)
+        self.check_known("probe", names, self.client.probes)
         self.probes = names
         return CommandResult(self.probes_text())
 
     @staticmethod
-    def _check_known(kind: str, names: list[str], listing: Callable[[], list[dict]]) -> None:
+    def check_known(kind: str, names: list[str], listing: Callable[[], list[dict]]) -> None:
         """Refuse a name the server does not have now, rather than at the next message."""
         try:
             known = {item.get("name") for item in listing()}

@@ -106,6 +106,13 @@ def main(args: argparse.Namespace) -> int:
     options = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
                                  ("seed", args.seed)) if v is not None}
     session = ChatSession(client, model, system=args.system, steer=steer, probes=probes, request_options=options)
+    try:
+        if steer:
+            session.check_known("vector", [s.vector for s in steer], client.vectors)
+        if probes:
+            session.check_known("probe", probes, client.probes)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_SERVER)
     meter = ProbeMeter(color=live) if live else None
     if interactive:
         print(f"mlx-interp chat: {model} at {client.base_url}; /help for commands, Ctrl-D to leave")

@@ -51,10 +51,15 @@ def test_bad_request_is_one_line_and_a_script_fails(server):
     assert done.stdout.count("The answer is 4.") == 1  # the session went on after the errors
 
 
-def test_unknown_model_is_one_line(server):
-    done = run_chat_piped(["--base-url", server.base_url, "--api-key", "sekrit", "--model", "ghost"], "hi\n")
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "ghost"], "error: the server has no model 'ghost' (it has: tiny-model)"),
+    (["--steer", "ghost=1"], "error: the server has no vector 'ghost' (it has: calm, green_red)"),
+    (["--probes", "sycophancy,ghost"], "error: the server has no probe 'ghost' (it has: emotion, sycophancy)"),
+])
+def test_unknown_names_in_flags_are_one_line(server, flags, message):
+    done = run_chat_piped(["--base-url", server.base_url, "--api-key", "sekrit", *flags], "hi\n")
     assert done.returncode == 1
-    assert done.stderr.strip() == "error: the server has no model 'ghost' (it has: tiny-model)"
+    assert done.stderr.strip() == message
 
 
 def test_wrong_key_is_one_line(server):
