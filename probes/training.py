@@ -168,15 +168,32 @@ def bootstrap_ci(y: np.ndarray, oof: np.ndarray, weights: np.ndarray) -> tuple[l
     correct = ((oof >= 0.5) == y).astype(np.float64)
     total = weights.sum(axis=1)
     acc = np.where(total > 0, weights @ correct / np.maximum(total, 1e-12), np.nan)
-    pos, neg = y == 1, y == 0
-    # pairwise wins of each positive over each negative; a resample weights rows and columns
-    wins = (oof[pos][:, None] > oof[neg][None, :]) + 0.5 * (oof[pos][:, None] == oof[neg][None, :])
-    wp, wn = weights[:, pos], weights[:, neg]
-    den = wp.sum(axis=1) * wn.sum(axis=1)
-    num = ((wp @ wins) * wn).sum(axis=1)
-    auc = np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
+    auc = weighted_auroc(y, oof, weights)
     lo, hi = (100 - CI_LEVEL) / 2, 100 - (100 - CI_LEVEL) / 2
     return _percentiles(acc, lo, hi), _percentiles(auc, lo, hi)
+
+
+def weighted_auroc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC under each row of example weights (B, n), ties counting half; NaN where a class has no weight.
+
+    Sorting once and taking cumulative negative weight keeps this O(B n)
+    rather than O(B n_pos n_neg) for the pairwise comparison.
+    """
+    order = np.argsort(scores, kind="stable")
+    s, is_pos = scores[order], (y[order] == 1)
+    w = weights[:, order]
+    w_neg = np.where(is_pos, 0.0, w)
+    cum = np.cumsum(w_neg, axis=1)
+    # tie blocks: negatives strictly below a score, and negatives equal to it
+    _, start, counts = np.unique(s, return_index=True, return_counts=True)
+    block = np.repeat(np.arange(len(start)), counts)
+    end = start + counts - 1
+    below = cum[:, start[block]] - w_neg[:, start[block]]
+    equal = cum[:, end[block]] - below
+    w_pos = np.where(is_pos, w, 0.0)
+    num = (w_pos * (below + 0.5 * equal)).sum(axis=1)
+    den = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+    return np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
 
 
 def _percentiles(values: np.ndarray, lo: float, hi: float) -> list:

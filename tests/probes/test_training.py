@@ -268,3 +268,18 @@ def test_binary_labels():
     ]:
         with pytest.raises(ValueError, match=match):
             binary_labels(values, **kw)
+
+
+def test_weighted_auroc_equals_the_pairwise_definition():
+    from probes.training import weighted_auroc
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 60)
+    s = np.round(rng.uniform(size=60), 1)  # many ties
+    w = rng.integers(0, 3, size=(20, 60)).astype(float)
+    pos, neg = y == 1, y == 0
+    wins = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+    expected = ((w[:, pos] @ wins) * w[:, neg]).sum(1) / (w[:, pos].sum(1) * w[:, neg].sum(1))
+    np.testing.assert_allclose(weighted_auroc(y, s, w), expected, rtol=1e-12)
+    assert weighted_auroc(y, s, np.ones((1, 60)))[0] == pytest.approx(auroc(y, s))
+    assert np.isnan(weighted_auroc(y, s, np.where(pos, 0.0, 1.0)[None]))[0]
