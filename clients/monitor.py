@@ -200,16 +200,24 @@ class Monitor:
     def _probe_request(self) -> dict:
         return {name: {"per_token": True} for name in self.probe_names}
 
+    def request_body(self) -> dict:
+        """The `extra_body` a monitored request needs: per-token probes (and the monitor's steering)."""
+        body: dict = {"probes": self._probe_request()}
+        if self.steer:
+            body["steer"] = self.steer
+        return body
+
     def stream(self, messages: list[dict], **options: Any) -> Iterator[TokenEvent]:
         """Run one turn on `messages` (history untouched); yields TokenEvents, records the turn."""
+        request = {**self.request_options, **options}
+        extra_body = {**(request.pop("extra_body", None) or {}), **self.request_body()}
+        chunks = self.client.stream_chat(list(messages), model=self.model, extra_body=extra_body, **request)
+        return self.watch(chunks, messages)
+
+    def watch(self, chunks: Iterable[Any], messages: list[dict]) -> Iterator[TokenEvent]:
+        """Monitor a stream you started yourself (any openai chat stream sent with `extra_body=request_body()`)."""
         turn = TurnRecord(conversation=self.conversation_id, turn=len(self.turns), messages=list(messages))
         states = [_RuleState(rule) for rule in self.rules]
-        request = {**self.request_options, **options}
-        extra_body = dict(request.pop("extra_body", None) or {})
-        extra_body["probes"] = self._probe_request()
-        if self.steer:
-            extra_body["steer"] = self.steer
-        chunks = self.client.stream_chat(list(messages), model=self.model, extra_body=extra_body, **request)
         token_index = 0
         pending: ProbeAlarm | None = None
         failed = False

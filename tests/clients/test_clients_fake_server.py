@@ -223,3 +223,14 @@ def test_error_in_the_middle_of_a_stream(server, client):
     with pytest.raises(ServerError):
         monitor.ask("hi")
     assert monitor.turns == [] and monitor.messages == []
+
+
+def test_monitor_watches_a_plain_openai_stream(server, client):
+    fired = []
+    monitor = Monitor(client, [AlarmRule("sycophancy", 0.9, consecutive=2)], on_alarm=fired.append)
+    stream = client.openai.chat.completions.create(
+        model="tiny-model", messages=USER, stream=True, extra_body=monitor.request_body())
+    events = list(monitor.watch(stream, USER))
+    assert server.requests[-1]["body"]["probes"] == {"sycophancy": {"per_token": True}}
+    assert "".join(e.text for e in events) == "The answer is 4."
+    assert [a.token_index for a in fired] == [3] and monitor.turns[0].messages == USER
