@@ -18,6 +18,12 @@ STOP_TIMEOUT_S = 30
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 API_KEY_ENV = "MLX_INTERP_API_KEY"
+# --env variables whose names say they hold a secret (HF_TOKEN, ...) are stored like the API key
+SECRET_NAME_PATTERN = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME_PATTERN.search(name))
 
 
 def launchd_label(name: str) -> str:
@@ -53,8 +59,9 @@ def _check_value(what: str, value: str) -> str:
 class ServiceSpec:
     """What runs, with which settings, and what it is called; no platform details.
 
-    `api_key` is kept apart from `environment` so each renderer can store it
-    where only the user can read it.
+    `api_key` (and any extra variable named like a secret, e.g. HF_TOKEN) is
+    kept apart from `environment` so each renderer can store it where only the
+    user can read it.
     """
 
     name: str = DEFAULT_NAME
@@ -123,16 +130,19 @@ class ServiceSpec:
             "MLX_INTERP_PORT": str(self.port),
             "PYTHONUNBUFFERED": "1",  # log lines reach the log as they happen
         }
-        env.update(dict(self.extra_environment))
+        env.update({k: v for k, v in self.extra_environment if not is_secret_name(k)})
         return env
 
     def secrets(self) -> dict[str, str]:
-        return {API_KEY_ENV: self.api_key} if self.api_key else {}
+        """The API key and any --env variable named like a secret: only the user may read where they go."""
+        secrets = {API_KEY_ENV: self.api_key} if self.api_key else {}
+        secrets.update({k: v for k, v in self.extra_environment if is_secret_name(k)})
+        return secrets
 
     def public_summary(self) -> dict:
         """The description without the key, for the manifest and for `status`."""
         return {
             "name": self.name, "python": self.python, "model": self.model, "host": self.host, "port": self.port,
             "api_key": "set" if self.api_key else None, "vectors": list(self.vectors), "probes": list(self.probes),
-            "environment": dict(self.extra_environment), "url": self.url,
+            "environment": {k: "set" if is_secret_name(k) else v for k, v in self.extra_environment}, "url": self.url,
         }

@@ -183,3 +183,16 @@ def test_uninstall_ignores_manifest_entries_outside_home(tmp_path):
     uninstall("mlx-interp", "linux", home, FakeRunner())
     assert outside.read_text() == "keep me"
     assert not Path(manifest.files[0]).exists()
+
+
+def test_secret_looking_variables_are_stored_privately(tmp_path):
+    private = spec(extra_environment=(("HF_TOKEN", "hf_abc"), ("MLX_INTERP_CACHE", "/m")))
+    assert private.secrets() == {"HF_TOKEN": "hf_abc"}
+    assert "HF_TOKEN" not in private.environment() and private.environment()["MLX_INTERP_CACHE"] == "/m"
+    assert private.public_summary()["environment"] == {"HF_TOKEN": "set", "MLX_INTERP_CACHE": "/m"}
+    files = {f.path.name: f for f in systemd.SystemdPlatform().files(private, tmp_path)}
+    assert "hf_abc" not in files["mlx-interp.service"].content.decode()
+    assert files["service.env"].mode == 0o600 and 'HF_TOKEN="hf_abc"' in files["service.env"].content.decode()
+    assert "hf_abc" not in files["service.env"].shown
+    (plist,) = launchd.LaunchdPlatform().files(private, tmp_path)
+    assert plist.mode == 0o600 and plistlib.loads(plist.content)["EnvironmentVariables"]["HF_TOKEN"] == "hf_abc"
