@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 LIBRARY_DIR = Path(__file__).resolve().parent / "library"  # probes shipped with the package
+SHOWN_FIELDS = (
+    "labels", "method", "best_layer", "aggregation", "threshold", "threshold_fpr", "threshold_fpr_achieved",
+    "threshold_tpr", "position", "model_id", "model_fingerprint", "hidden_size", "num_layers", "n_examples",
+    "n_groups", "folds", "dataset_hash", "created",
+)
 
 
 def register(subparsers) -> None:
@@ -126,9 +130,7 @@ def cmd_show(args) -> int:
     probe = Probe.load(resolve_probe_path(args.path))
     meta = probe.metadata
     print(f"{probe.name}: {meta.get('description') or '(no description)'}")
-    for key in ("labels", "method", "best_layer", "aggregation", "threshold", "threshold_fpr", "threshold_fpr_achieved", "threshold_tpr",
-                "position", "model_id", "model_fingerprint", "hidden_size", "num_layers", "n_examples", "folds",
-                "dataset_hash", "created"):
+    for key in SHOWN_FIELDS:
         if key in meta:
             print(f"  {key:18} {meta[key]}")
     print(f"  {'sha256':18} {probe.sha256}")

@@ -139,7 +139,7 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def cross_validate(X: np.ndarray, y: np.ndarray, splits, method: str, C: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cross_validate(X: np.ndarray, y: np.ndarray, splits, method: str, C: float) -> tuple[np.ndarray, ...]:
     """Out-of-fold probabilities (n,), per-fold accuracies and AUROCs for one layer."""
     oof = np.empty(len(y), dtype=np.float64)
     accs, aucs = [], []
@@ -426,8 +426,11 @@ def binary_labels(values: Sequence, positive_label=None, *, source: str = "data"
     values = list(values)
     kinds = {type(v) for v in values}
     if kinds <= {int}:
-        positive = 1 if positive_label is None else int(str(positive_label)) if str(positive_label) in ("0", "1") else None
-        if positive is None:
+        if positive_label is None:
+            positive = 1
+        elif str(positive_label) in ("0", "1"):
+            positive = int(str(positive_label))
+        else:
             raise ValueError(f"{source}: labels are 0/1, so the positive label must be 0 or 1, got {positive_label!r}")
         y = np.array([1 if v == positive else 0 for v in values], dtype=np.int64)
         names = ["negative", "positive"]

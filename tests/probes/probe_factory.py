@@ -1,7 +1,6 @@
-"""Shared builders for probe tests: a valid probe, written to disk, that each test then breaks in one way."""
+"""A valid probe for tests to save, load and break in one way each."""
 
 import numpy as np
-import pytest
 
 
 def build_probe(name="demo", layers=(1, 3), hidden=8, num_layers=4, seed=0, **meta_overrides):
@@ -40,8 +39,3 @@ def build_probe(name="demo", layers=(1, 3), hidden=8, num_layers=4, seed=0, **me
         scale=rng.uniform(0.5, 2.0, size=(K, hidden)).astype(np.float32),
         metadata=metadata,
     )
-
-
-@pytest.fixture
-def make_probe():
-    return build_probe

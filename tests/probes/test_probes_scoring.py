@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from conftest import build_probe
+from probe_factory import build_probe
 from probes.scoring import ProbeBank
 
 L, D = 6, 16

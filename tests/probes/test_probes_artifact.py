@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import build_probe
+from probe_factory import build_probe
 from probes.probe import Probe
 from steering.artifacts import ArtifactError, file_sha256
 
