@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import unicodedata
 from typing import IO
 
 from .chat import ChatSession, ProbeMeter, Reply
@@ -15,6 +16,16 @@ from .extensions import ProbeRequest, parse_steer_text
 PROMPT = "you> "
 ERASE_TO_END = "\x1b[K"
 DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+
+def display_width(text: str) -> int:
+    """Terminal columns a string takes: wide (CJK, emoji) characters take two, combining marks none."""
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or char in "\u200b\u200d\ufe0f":
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
 
 
 class LiveLine:
@@ -40,7 +51,7 @@ class LiveLine:
         if text:
             self.out.write(text)
             tail = text.rsplit("\n", 1)
-            self.column = len(tail[-1]) if len(tail) > 1 else self.column + len(text)
+            self.column = display_width(tail[-1]) + (0 if len(tail) > 1 else self.column)
         if self.meter is not None and scores:
             meter, width = self.meter.live(scores)
             columns = shutil.get_terminal_size((80, 24)).columns

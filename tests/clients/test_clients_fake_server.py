@@ -234,3 +234,25 @@ def test_monitor_watches_a_plain_openai_stream(server, client):
     assert server.requests[-1]["body"]["probes"] == {"sycophancy": {"per_token": True}}
     assert "".join(e.text for e in events) == "The answer is 4."
     assert [a.token_index for a in fired] == [3] and monitor.turns[0].messages == USER
+
+
+def test_live_line_draws_and_erases_the_meter(monkeypatch):
+    import io
+    import os as _os
+
+    from clients.chat_terminal import LiveLine, display_width
+
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=None: _os.terminal_size((40, 24)))
+    out = io.StringIO()
+    line = LiveLine(out, ProbeMeter(color=False))
+    line.write("Hi", {"s": 0.5})
+    assert out.getvalue() == "Hi  [s ▅ 0.50]"
+    line.write(" there", {"s": 0.9})
+    assert out.getvalue().endswith("\x1b[12D\x1b[K there  [s █ 0.90]")
+    line.write(" and a long tail of text", {"s": 0.1})  # 32 columns: the meter no longer fits
+    assert out.getvalue().endswith("\x1b[12D\x1b[K and a long tail of text")
+    line.write("\nnext", {"s": 0.2})  # a new line: room again
+    assert out.getvalue().endswith("\nnext  [s ▂ 0.20]")
+    line.end()
+    assert out.getvalue().endswith("\x1b[12D\x1b[K\n")
+    assert display_width("日本") == 4 and display_width("e\u0301") == 1
