@@ -13,7 +13,11 @@ SHOWN_FIELDS = (
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("probes", help="train, inspect and run linear probes", description=__doc__)
+    parser = subparsers.add_parser(
+        "probes",
+        help="train, inspect and run linear probes",
+        description="Train linear probes on a model's residual stream (grouped CV, baselines, CIs), inspect them, score text.",
+    )
     sub = parser.add_subparsers(dest="probes_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: parser.print_help() or 0)
 
