@@ -170,18 +170,30 @@ def test_errors_are_one_line(box):
     assert box.run("uninstall", "--platform", "macos").returncode == 0
     missing_tool = box.run("install", "--platform", "linux", MLX_INTERP_SYSTEMCTL="/nonexistent/systemctl")
     assert missing_tool.returncode == 1 and missing_tool.stderr.startswith("error: /nonexistent/systemctl not found")
-    for args, message in [
-        (("uninstall", "--platform", "linux", "--name", "ghost"), "error: no service 'ghost' installed"),
-        (("install", "--platform", "linux", "--vectors", "/no/such/dir"), "error: --vectors /no/such/dir: not a directory"),
-        (("install", "--platform", "linux", "--host", "0.0.0.0"), "error: refusing to serve on 0.0.0.0"),
-        (("install", "--platform", "linux", "--env", "NOEQUALS"), "error: --env 'NOEQUALS': expected KEY=VALUE"),
-    ]:
-        done = box.run(*args)
-        assert done.returncode != 0 and done.stderr.startswith(message), done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
-    assert box.run("status", "--platform", "linux", "--name", "ghost").returncode == 3
-    not_installed = box.run("restart", "--platform", "linux", "--name", "ghost")
-    assert not_installed.returncode == 1 and not_installed.stderr.startswith("error: no service 'ghost' installed")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("uninstall", "--name", "ghost"), "error: no service 'ghost' installed"),
+    (("restart", "--name", "ghost"), "error: no service 'ghost' installed"),
+    (("install", "--vectors", "/no/such/dir"), "error: --vectors /no/such/dir: not a directory"),
+    (("install", "--host", "0.0.0.0"), "error: refusing to serve on 0.0.0.0"),
+    (("install", "--env", "NOEQUALS"), "error: --env 'NOEQUALS': expected KEY=VALUE"),
+    (("install", "--name", "Bad_Name"), "error: service name 'Bad_Name' is not allowed"),
+    (("logs", "-n", "0"), "error: --lines must be at least 1"),
+])
+def test_user_errors_in_process(box, monkeypatch, capsys, args, message):
+    """The same console entry point, called in-process (quicker than a process per case)."""
+    from mlx_interp.cli import main
+
+    for key in [k for k in os.environ if k.startswith("MLX_INTERP_")]:
+        monkeypatch.delenv(key)
+    for key, value in box.env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["service", *args, "--platform", "linux"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1, err
+    assert box.tree() == set() and box.calls() == []
+    assert main(["service", "status", "--platform", "linux", "--name", "ghost"]) == 3
 
 
 class _Health(BaseHTTPRequestHandler):
