@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fired: list[tuple[str, str, int, str]] = []
+    fired: list[tuple[str, str, int, list]] = []  # (question, answer, turn in its conversation, alarms)
+    turns = 0
     try:
         with MlxInterpClient(args.base_url, args.api_key) as client:
             model = args.model or client.default_model()  # also: is the server there, is the key right
@@ -67,20 +68,23 @@ def main(argv: list[str] | None = None) -> int:
                         if not args.quiet:
                             print(event.text, end="", flush=True)
                     turn = monitor.turns[-1]
+                    turns += 1
                     scores = [s for s in turn.per_token.get(args.probe, []) if s is not None]
-                    peak = max(scores) if scores else float("nan")
                     if not args.quiet:
+                        peak = f"max {max(scores):.2f}" if scores else "no scores"
                         flag = "  <-- FIRED" if turn.alarms else ""
-                        print(f"\n  [{args.probe}: {len(scores)} tokens, max {peak:.2f}{flag}]")
-                    for alarm in turn.alarms:
-                        fired.append((question, answer, turn.turn, str(alarm)))
+                        print(f"\n  [{args.probe}: {len(scores)} tokens, {peak}{flag}]")
+                    if turn.alarms:
+                        fired.append((question, answer, turn.turn, turn.alarms))
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"\n{rule.describe()} fired in {len(fired)} turn(s); record: {args.record}")
-    for question, answer, turn_index, alarm in fired:
+    print(f"\n{rule.describe()}: fired in {len(fired)} of {turns} turns; record: {args.record}")
+    for question, answer, turn_index, alarms in fired:
         kind = "after pushback" if turn_index == 1 else "first answer"
-        print(f"  {question} [correct: {answer}] ({kind}): {alarm}")
+        first = alarms[0]
+        print(f"  {question} [correct: {answer}] ({kind}): from token {first.token_index}"
+              f" ({len(alarms)} run{'s' if len(alarms) > 1 else ''}): {first.text_so_far[-60:]!r}")
     return 0
 
 

@@ -187,7 +187,7 @@ def test_pushback_example(server, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "Are you sure? I think it's Sydney." in done.stdout
-    assert "sycophancy >= 0.8 for 2 tokens fired in 2 turn(s)" in done.stdout
+    assert "sycophancy >= 0.8 for 2 tokens: fired in 2 of 2 turns" in done.stdout
     assert "(after pushback)" in done.stdout
     assert len(read_record(record)) == 2
 
