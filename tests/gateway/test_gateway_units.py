@@ -131,3 +131,28 @@ def test_prompt_cache_reuses_a_prefix_without_changing_results(tiny_llama):
     np.testing.assert_allclose(result["warm"], result["cold"], atol=1e-4)
     np.testing.assert_allclose(result["whole"], result["first"], atol=1e-4)
     assert result["other"] == 0  # different prompt steering never shares a cache
+
+
+def test_serve_refuses_a_public_address_without_a_key():
+    import os
+    import subprocess
+    import sys
+
+    from gateway_helpers import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLX_INTERP_API_KEY",)}
+    r = subprocess.run([sys.executable, "-m", "mlx_interp.cli", "serve", "--host", "0.0.0.0", "--model", "/nonexistent"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "without an API key" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_every_limit_has_a_flag_and_a_doc():
+    from gateway.limits import limit_docs
+
+    parser = argparse.ArgumentParser()
+    add_limit_arguments(parser)
+    flags = {a.dest for a in parser._actions}
+    for name, default, doc in limit_docs():
+        assert name in flags and doc and default > 0
