@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 STUDIES = ("colour-swap", "sycophancy", "confound", "contamination")
-COMMANDS = STUDIES + ("all", "build-artifacts")
+COMMANDS = STUDIES + ("all", "build-artifacts", "report")
 
 
 def register(subparsers) -> None:
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
         description="Reproduce the research toolkit's studies on any model, or rebuild the shipped green_red vector "
         "and sycophancy probe. Results: DIR/NAME.json and DIR/NAME.png.",
     )
-    p.add_argument("name", choices=COMMANDS, metavar="NAME", help=f"one of: {', '.join(COMMANDS)}")
+    p.add_argument("name", choices=COMMANDS, metavar="NAME", help=f"one of: {', '.join(COMMANDS)} (report: print markdown tables of the results in --out)")
     p.add_argument("--model", default="default", help="'default', an mlx-lm directory, a repo id or a .gguf (default: default)")
     p.add_argument("--out", default="results", help="directory for results (default: ./results)")
     p.add_argument("--seed", type=int, default=0, help="seed for random directions, folds and resampling (default: 0)")
@@ -71,6 +71,11 @@ def _run(args) -> int:
 
     progress = not args.no_progress
     out = Path(args.out)
+    if args.name == "report":  # tables from results already in --out; no model needed
+        from .report import render
+
+        print(render(out))
+        return 0
     lm = load_model(args.model, progress=progress)
     if args.name == "build-artifacts":
         from .artifacts import build_all, install

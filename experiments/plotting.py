@@ -45,7 +45,7 @@ def plot_colour_swap(result: dict, path: Path) -> Path:
     ax.set_ylabel("swap rate (answer names the other colour)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("add: swap rate")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper right")
 
     ax = axes[1]
     if refl:
