@@ -123,6 +123,8 @@ class Run:
         spec = self.spec
         if spec.kind == CHAT:
             yield self._chunk([self._choice(c.index, "", role=True) for c in spec.choices], steering={"applied": spec.steering_applied})
+        elif spec.echo:
+            yield self._chunk([self._choice(c.index, spec.prompt_texts[i]) for i, c in enumerate(spec.choices)])
         try:
             async for ev in self.events():
                 if isinstance(ev, TokenOut):

@@ -281,3 +281,23 @@ def test_cors_only_for_listed_origins(client):
     assert ok.headers.get("access-control-allow-origin") == "https://allowed.example"
     bad = client.options("/v1/chat/completions", headers={**pre, "Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in bad.headers
+
+
+def test_streamed_choices_each_finish_and_echo_streams_the_prompt(client):
+    body = {**CHAT, "n": 2, "temperature": 1.0, "seed": 3, "max_tokens": 6, "probes": ["alpha_probe"]}
+    whole = chat(client, **{k: v for k, v in body.items() if k != "stream"})
+    events = stream(client, "/v1/chat/completions", body)
+    finals = {}
+    texts = {0: "", 1: ""}
+    for ev in events:
+        validate(ev, "CreateChatCompletionStreamResponse")
+        for c in ev["choices"]:
+            texts[c["index"]] += c["delta"].get("content", "")
+            if c["finish_reason"]:
+                finals[c["index"]] = c["probes"]["alpha_probe"]["score"]
+    assert texts == {c["index"]: c["message"]["content"] for c in whole["choices"]}
+    assert finals == pytest.approx({c["index"]: c["probes"]["alpha_probe"]["score"] for c in whole["choices"]}, abs=1e-5)
+    events = stream(client, "/v1/completions", {"model": "default", "prompt": "echo this", "max_tokens": 3, "echo": True, "temperature": 0})
+    text = "".join(e["choices"][0]["text"] for e in events)
+    whole = client.post("/v1/completions", json={"model": "default", "prompt": "echo this", "max_tokens": 3, "echo": True, "temperature": 0}).json()
+    assert text == whole["choices"][0]["text"] and text.startswith("echo this")
