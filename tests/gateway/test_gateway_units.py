@@ -156,3 +156,42 @@ def test_every_limit_has_a_flag_and_a_doc():
     flags = {a.dest for a in parser._actions}
     for name, default, doc in limit_docs():
         assert name in flags and doc and default > 0
+
+
+def test_a_request_that_fails_in_the_model_thread_fails_alone(tiny_llama):
+    """A broken request gets a 500 error event; the thread lives on and serves the next one."""
+    import asyncio
+
+    from gateway.engine import ChoiceEnd, Engine, Failed, Job, TokenOut
+    from gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
+    from gateway.sampling import SamplingParams
+    from steering.interventions import Intervention
+
+    engine = Engine(tiny_llama, Limits())
+    engine.start()
+    wrong_width = Intervention("bad", np.ones((tiny_llama.num_layers, tiny_llama.hidden_size + 1), np.float32))
+
+    def spec(ivs):
+        return GenerationSpec(kind=CHAT, model="default", max_tokens=3, sampling=SamplingParams(temperature=0.0),
+                              choices=[ChoiceSpec(0, (5, 6, 7), ivs)])
+
+    async def run(s):
+        job = Job(s, asyncio.get_running_loop(), asyncio.Queue())
+        engine.submit(job)
+        seen = []
+        while not any(isinstance(e, (ChoiceEnd, Failed)) for e in seen):
+            seen += await asyncio.wait_for(job.events.get(), 60)
+        return seen
+
+    try:
+        failed = asyncio.run(run(spec((wrong_width,))))
+        ok = asyncio.run(run(spec(())))
+    finally:
+        engine.stop()
+    assert isinstance(failed[-1], Failed) and failed[-1].error.status == 500
+    assert "Traceback" not in failed[-1].error.message
+    assert isinstance(ok[-1], ChoiceEnd) and sum(isinstance(e, TokenOut) for e in ok) == ok[-1].completion_tokens > 0
+    assert engine.alive is False  # stopped cleanly, hooks removed
+    from steering.hooks import hooks_installed
+
+    assert not hooks_installed(tiny_llama.model)
