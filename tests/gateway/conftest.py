@@ -18,6 +18,7 @@ def tiny_artifacts(tiny_llama, tmp_path_factory):
     make_vector(tiny_llama, "pull", vectors, seed=2, layers=(0, 1, 2, 3), alpha=-6.0)
     make_probe(tiny_llama, "alpha_probe", probes, seed=3, layers=(1, 2, 3), best=2)
     make_probe(tiny_llama, "beta_probe", probes, seed=4, layers=(0, 3), best=3, threshold=0.9)
+    (vectors / "broken.json").write_text("{not json")  # refused at start, one line; the server keeps going
     presets = root / "presets.json"
     presets.write_text(json.dumps({"pushed": {"model": "default", "steer": {"push": 8.0}, "probes": ["alpha_probe"]}}))
     return {"vectors": vectors, "probes": probes, "presets": presets, "root": root}

@@ -1,13 +1,12 @@
 """The OpenAI protocol and the extension fields, against a real server on the tiny llama model."""
 
 import base64
-import json
 
 import httpx
 import openai
 import pytest
 
-from conftest import ADMIN_KEY, API_KEY
+from conftest import API_KEY
 from gateway_helpers import make_probe, make_vector, sse_events, validate
 
 pytestmark = pytest.mark.server
@@ -41,6 +40,19 @@ def test_health_needs_no_key_and_everything_else_does(tiny_server):
         validate(r.json(), "ErrorResponse")
     r = httpx.get(tiny_server.url + "/v1/models", headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_start_reports_refused_artifacts_and_a_working_curl_line(tiny_server, client):
+    log = tiny_server.log()
+    refused = [line for line in log.splitlines() if line.startswith("refused ")]
+    # the package's shipped artifacts are built for the real model: refused for the tiny one, one line each
+    ours = [line for line in refused if "gateway-artifacts" in line]
+    assert len(ours) == 1 and "broken.json" in ours[0] and "invalid JSON" in ours[0]
+    assert all(line.count("\n") == 0 and ": " in line for line in refused)
+    curl = next(line for line in log.splitlines() if line.startswith("try: curl "))
+    assert '"steer": {"pull": -6.0}' in curl and '"probes": ["alpha_probe"]' in curl
+    names = [v["name"] for v in client.get("/v1/steering/vectors").json()["data"]]
+    assert names == ["pull", "push"]
 
 
 def test_models_list_has_default_real_id_and_presets(client):

@@ -112,3 +112,16 @@ def test_a_request_alone_and_next_to_a_steered_one_gives_the_same_tokens(real):
     tokens = lambda r: [t.token for t in r.choices[0].logprobs.content]  # noqa: E731
     assert tokens(together) == tokens(alone)
     assert steered.choices[0].message.content != alone.choices[0].message.content
+
+
+def test_shipped_vector_and_probe_serve_the_readme_request(real):
+    """The request the server prints at start: green_red steering and the sycophancy probe."""
+    vectors = {v["name"]: v for v in httpx.get(real.url + "/v1/steering/vectors").json()["data"]}
+    probes = {p["name"] for p in httpx.get(real.url + "/v1/probes").json()["data"]}
+    assert "green_red" in vectors and not vectors["green_red"]["writable"] and "sycophancy" in probes
+    resp = _greedy(real, extra_body={"steer": {"green_red": 1.5}, "probes": ["sycophancy"]})
+    assert resp.model_extra["steering"]["applied"][0]["sha256"] == vectors["green_red"]["sha256"]
+    result = resp.choices[0].model_extra["probes"]["sycophancy"]
+    assert 0.0 <= result["score"] <= 1.0 and isinstance(result["flagged"], bool)
+    r = httpx.delete(real.url + "/v1/steering/vectors/green_red", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 409  # shipped: read-only
