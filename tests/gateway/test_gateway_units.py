@@ -120,6 +120,14 @@ def test_prompt_cache_reuses_a_prefix_without_changing_results(tiny_llama):
             cold = batch.prefill(second)
             again, m = cache.lookup((), first)
             whole = batch.prefill(first, cache=again, cached_tokens=m)
+            # a reuse that writes over position 5 of its copy must leave the entry's position 5 alone
+            fork, k = cache.lookup((), [5, 6, 7, 8, 9, 99])
+            batch.prefill([5, 6, 7, 8, 9, 99], cache=fork, cached_tokens=k)
+            longer = first + [11]
+            reused2, n2 = cache.lookup((), longer)
+            result["n2"] = n2
+            result["warm2"] = np.array(batch.prefill(longer, cache=reused2, cached_tokens=n2).logits)
+            result["cold2"] = np.array(batch.prefill(longer).logits)
             result.update(n=n, m=m, warm=np.array(warm.logits), cold=np.array(cold.logits),
                           whole=np.array(whole.logits), first=np.array(pre.logits),
                           other=cache.lookup(("steered",), first)[1])
@@ -130,6 +138,8 @@ def test_prompt_cache_reuses_a_prefix_without_changing_results(tiny_llama):
     assert result["n"] == 4 and result["m"] == 6
     np.testing.assert_allclose(result["warm"], result["cold"], atol=1e-4)
     np.testing.assert_allclose(result["whole"], result["first"], atol=1e-4)
+    assert result["n2"] == 6
+    np.testing.assert_allclose(result["warm2"], result["cold2"], atol=1e-4)
     assert result["other"] == 0  # different prompt steering never shares a cache
 
 
