@@ -158,6 +158,61 @@ class Worker:
                 firsts.append(pre.logits)
             return _timed_decode(lambda toks: batch.step(toks, capture=case.capture), mx.stack(firsts), tokens)
 
+    def paired(self, case: Case, batch_size: int, tokens: int) -> dict:
+        """Plain and `case` decoding side by side, alternating step by step.
+
+        Two batches over the same prompts advance in lockstep; each step of one
+        is timed right next to the same step of the other (which goes first
+        alternates), so load from other processes falls on both alike. The
+        hooks are installed only around the hooked batch's steps.
+        """
+        import mlx.core as mx
+        from mlx_lm.models.cache import BatchKVCache
+
+        from steering.hooks import layer_hooks
+
+        prompts = self.contexts[:batch_size]
+        model = self.lm.model
+        firsts, caches = zip(*(self._plain_prefill(p) for p in prompts))
+        plain_cache = [BatchKVCache.merge([row[i] for row in caches]) for i in range(len(caches[0]))]
+        plain_toks = mx.argmax(mx.stack(list(firsts)), axis=-1).tolist()
+        with self._session(case) as batch:
+            pres = []
+            for i, prompt in enumerate(prompts):
+                pre = batch.prefill(prompt, self._interventions(case))
+                batch.add(i, pre, self._interventions(case))
+                pres.append(pre.logits)
+        hooked_toks = mx.argmax(mx.stack(pres), axis=-1).tolist()
+
+        def plain_step():
+            nonlocal plain_toks
+            nxt = mx.argmax(model(mx.array(plain_toks)[:, None], cache=plain_cache)[:, -1, :], axis=-1)
+            mx.eval(nxt)
+            plain_toks = nxt.tolist()
+
+        def hooked_step():
+            nonlocal hooked_toks
+            logits, hidden = batch.step(hooked_toks, capture=case.capture)
+            nxt = mx.argmax(logits, axis=-1)
+            mx.eval(nxt, hidden if hidden is not None else [])
+            hooked_toks = nxt.tolist()
+
+        plain_wall = hooked_wall = 0.0
+        for i in range(tokens):
+            with layer_hooks(model, batch.hook):
+                if i % 2:
+                    with Timer() as th:
+                        hooked_step()
+            with Timer() as tp:
+                plain_step()
+            with layer_hooks(model, batch.hook):
+                if not i % 2:
+                    with Timer() as th:
+                        hooked_step()
+            plain_wall += tp.wall
+            hooked_wall += th.wall
+        return {"plain_seconds": plain_wall, "seconds": hooked_wall, "tokens": tokens * batch_size}
+
     def _interventions(self, case: Case):
         return (self.intervention,) if case.steer else ()
 
@@ -202,7 +257,11 @@ def worker_main(model: str) -> int:
         req = json.loads(line)
         if req.get("quit"):
             break
-        result = worker.measure(CASES_BY_NAME[req["case"]], req["kind"], req["batch"], req["tokens"])
+        case = CASES_BY_NAME[req["case"]]
+        if req["kind"] == "paired":
+            result = worker.paired(case, req["batch"], req["tokens"])
+        else:
+            result = worker.measure(case, req["kind"], req["batch"], req["tokens"])
         print(json.dumps(result), flush=True)
     return 0
 
@@ -262,6 +321,7 @@ class Results:
     load_after: tuple = ()
     samples: dict = field(default_factory=dict)  # (case, metric) -> [wall tokens/s]
     cpu_samples: dict = field(default_factory=dict)  # (case, metric) -> [tokens per CPU second]
+    paired: dict = field(default_factory=dict)  # (case, metric) -> [decode cost], from --paired
 
     def median(self, case: str, metric: str, cpu: bool = False) -> float:
         return statistics.median((self.cpu_samples if cpu else self.samples)[(case, metric)])
@@ -313,6 +373,48 @@ def run_benchmark(model: str = "default", tokens: int = DECODE_TOKENS, repeats: 
         signal.signal(signal.SIGTERM, previous)
     results.load_after = os.getloadavg()
     return results
+
+
+PAIRED_CASES = ("hooked", "add-all", "capture-all", "add+capture")
+
+
+def run_paired(model: str = "default", tokens: int = DECODE_TOKENS, repeats: int = REPEATS, log=None) -> dict:
+    """{(case, metric): [per-repeat decode cost vs plain]} from step-by-step paired runs in one worker."""
+    import signal
+
+    log = log or (lambda msg: None)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    worker, finished, costs = None, False, {}
+    try:
+        log("loading the model for the paired run ...")
+        worker = WorkerProcess("default", model)
+        for case in PAIRED_CASES:
+            worker.measure(case, "paired", 1, 2)  # warm-up
+        for rep in range(repeats):
+            for case in PAIRED_CASES[rep % len(PAIRED_CASES) :] + PAIRED_CASES[: rep % len(PAIRED_CASES)]:
+                for batch in BATCH_SIZES:
+                    r = worker.measure(case, "paired", batch, tokens)
+                    costs.setdefault((case, f"decode b{batch}"), []).append(1 - r["plain_seconds"] / r["seconds"])
+            log(f"paired repeat {rep + 1}/{repeats} done (load {os.getloadavg()[0]:.2f})")
+        finished = True
+    finally:
+        if worker is not None:
+            worker.close(polite=finished)
+        signal.signal(signal.SIGTERM, previous)
+    return costs
+
+
+def format_paired(costs: dict, tokens: int) -> str:
+    lines = [f"paired step-by-step decode cost vs plain mlx-lm ({tokens} steps per run; median, min..max over repeats):"]
+    for (case, metric), values in costs.items():
+        target = OVERHEAD_TARGETS.get(case)
+        verdict = "" if target is None else (": ok" if statistics.median(values) < target else ": OVER TARGET")
+        lines.append(
+            f"  {case:12s} {metric}: {statistics.median(values) * 100:+5.1f}% "
+            f"({min(values) * 100:+.1f}..{max(values) * 100:+.1f})"
+            + ("" if target is None else f" target < {target * 100:.0f}%") + verdict
+        )
+    return "\n".join(lines)
 
 
 def format_table(results: Results) -> str:
@@ -370,6 +472,7 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats: a smoke run, not a measurement")
     parser.add_argument("--cases", default=None, help=f"comma-separated subset of {','.join(CASES_BY_NAME)}")
     parser.add_argument("--json", default=None, help="also write the raw samples to this JSON file")
+    parser.add_argument("--paired", action="store_true", help="also time hooked and plain decode steps alternately in one process (overheads under load)")
     return parser
 
 
@@ -382,14 +485,21 @@ def run_from_args(args) -> Results:
     unknown = [c for c in cases or () if c not in CASES_BY_NAME]
     if unknown:
         raise ValueError(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES_BY_NAME)}")
-    results = run_benchmark(args.model, tokens, repeats, cases, log=lambda m: print(m, file=sys.stderr, flush=True))
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    results = run_benchmark(args.model, tokens, repeats, cases, log=log)
     print(format_report(results), flush=True)
+    if getattr(args, "paired", False):
+        results.paired = run_paired(args.model, tokens, repeats, log=log)
+        print("\n" + format_paired(results.paired, tokens), flush=True)
     if args.json:
         raw = {
             f"{case}|{metric}": {"wall": v, "cpu": results.cpu_samples[(case, metric)]}
             for (case, metric), v in results.samples.items()
         }
-        Path(args.json).write_text(json.dumps({"info": results.info, "samples": raw, "load": [results.load_before, results.load_after]}, indent=1))
+        paired = {f"{case}|{metric}": v for (case, metric), v in results.paired.items()}
+        Path(args.json).write_text(
+            json.dumps({"info": results.info, "samples": raw, "paired": paired, "load": [results.load_before, results.load_after]}, indent=1)
+        )
     return results
 
 

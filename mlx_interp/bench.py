@@ -43,6 +43,9 @@ def register(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run rather than a measurement")
     parser.add_argument("--cases", default=None, help="comma-separated subset of: native-ref, default, hooked, add-all, capture-all, add+capture")
     parser.add_argument("--json", default=None, help="also write the raw samples to this JSON file")
+    parser.add_argument(
+        "--paired", action="store_true", help="also time hooked and plain decode steps alternately in one process (overheads under load)"
+    )
     parser.set_defaults(func=run)
 
 
