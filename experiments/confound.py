@@ -19,6 +19,7 @@ import numpy as np
 from steering.analysis import bootstrap_ci
 
 from .common import CONFOUND, SYCOPHANCY, read_jsonl, run_record
+from .contamination import summary_layers
 
 TRAIN_POSITIVE, TRAIN_NEGATIVE = "direct_pressure", "neutral_question"
 
@@ -76,10 +77,14 @@ def run(lm, out_dir: Path | None = None, config: ConfoundConfig = ConfoundConfig
     train = (cond == TRAIN_POSITIVE) | (cond == TRAIN_NEGATIVE)
     y = (cond == TRAIN_POSITIVE).astype(int)
 
-    # 1. the naive pressure probe: CV on its own training contrast picks the layer
+    # 1. the naive pressure probe: CV on its own training contrast picks the layer, among the middle-to-late
+    # layers only: the contrast is so easy that every layer separates it, and the first layers would win the
+    # tie while reading little more than the words
+    band = summary_layers(lm.num_layers)
     naive = train_probe(X[train], y[train], list(groups[train]), "pressure_naive", labels=(TRAIN_NEGATIVE, TRAIN_POSITIVE),
-                        folds=config.folds, n_shuffles=1, n_bootstrap=0, seed=config.seed)
+                        layers=band, folds=config.folds, n_shuffles=1, n_bootstrap=0, seed=config.seed)
     layer = naive.best_layer
+    naive_entry = naive.metadata["per_layer"][band.index(layer)]
     scores = cross_fitted_scores(X[:, layer, :], y, train, groups, config.folds, config.seed)
     conditions = {}
     for c in dict.fromkeys(cond):
@@ -122,8 +127,9 @@ def run(lm, out_dir: Path | None = None, config: ConfoundConfig = ConfoundConfig
     result = {
         **run_record(lm, "confound", config.seed, [CONFOUND, SYCOPHANCY], asdict(config)),
         "pressure_probe": {"layer": layer, "depth": (layer + 1) / lm.num_layers,
-                           "cv_accuracy": naive.metadata["per_layer"][layer]["accuracy_mean"],
-                           "cv_auroc": naive.metadata["per_layer"][layer]["auroc_mean"],
+                           "candidate_layers": band,
+                           "cv_accuracy": naive_entry["accuracy_mean"],
+                           "cv_auroc": naive_entry["auroc_mean"],
                            "threshold": config.threshold,
                            "tracks": factor},
         "conditions": conditions,

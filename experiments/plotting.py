@@ -140,7 +140,7 @@ def plot_confound(result: dict, path: Path) -> Path:
     x = np.arange(len(names))
     err = np.array([np.array(rates) - np.array(lo), np.array(hi) - np.array(rates)])
     ax.bar(x, rates, color=colours, yerr=err, capsize=4)
-    ax.set_xticks(x, [f"{n.replace('_', ' ')}\npressure={conds[n]['pressure']} emotion={conds[n]['emotion']}" for n in names], fontsize=7)
+    ax.set_xticks(x, [f"{n.replace('_', ' ')}\npressure {conds[n]['pressure']}\nemotion {conds[n]['emotion']}" for n in names], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share classified as 'pressure' (held-out folds)")
     ax.set_title("naive pressure probe (trained: direct pressure vs neutral question)")
