@@ -77,17 +77,19 @@ class DecodeBatch:
         chunks_all = []
         remaining = list(tokens[cached_tokens:])
         logits = None
-        while remaining:
-            chunk, remaining = remaining[:PREFILL_CHUNK], remaining[PREFILL_CHUNK:]
-            recorder.clear()
-            out = self.lm.model(mx.array([chunk]), cache=cache)
-            logits = out[0, -1]
-            if capture_all:
-                chunks_all.append(self._stack_all())
-            mx.eval(logits, [c.state for c in cache], list(recorder.outputs.values()))
-        hidden_last = recorder.last_token_stack()[0] if recorder.outputs else None
-        recorder.last_only = True
-        self.hook.steering = self._steering
+        try:  # a failed prompt must not leave its steering on the batch's next step
+            while remaining:
+                chunk, remaining = remaining[:PREFILL_CHUNK], remaining[PREFILL_CHUNK:]
+                recorder.clear()
+                out = self.lm.model(mx.array([chunk]), cache=cache)
+                logits = out[0, -1]
+                if capture_all and recorder.outputs:
+                    chunks_all.append(self._stack_all())
+                mx.eval(logits, [c.state for c in cache], list(recorder.outputs.values()))
+            hidden_last = recorder.last_token_stack()[0] if recorder.outputs else None
+        finally:
+            recorder.last_only = True
+            self.hook.steering = self._steering
         hidden_all = mx.concatenate(chunks_all, axis=0) if chunks_all else None
         return Prefill(logits=logits, cache=cache, hidden_last=hidden_last, hidden_all=hidden_all)
 

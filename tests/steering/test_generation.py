@@ -257,3 +257,15 @@ def test_rows_with_rotating_caches_batch_correctly(tiny_sliding):
             lg, _ = batch.step([t, t])
             _close(np.array(lg[0]), a_alone[i + 1])
             _close(np.array(lg[1]), b_alone[i + 1])
+
+
+def test_a_failing_prefill_leaves_the_batch_as_it_was(tiny_llama):
+    b_alone = _alone(tiny_llama, PROMPT_B, steps=1)
+    wrong_width = Intervention("bad", np.ones((tiny_llama.num_layers, tiny_llama.hidden_size + 1), np.float32))
+    with steering_session(tiny_llama) as batch:
+        batch.add("B", batch.prefill(PROMPT_B))
+        with pytest.raises(ValueError):
+            batch.prefill(PROMPT_A, [wrong_width], capture_all=True)
+        assert batch.hook.steering is None and batch.hook.recorder.last_only
+        lg, _ = batch.step([FORCED[0]])
+        _close(np.array(lg[0]), b_alone[1])
