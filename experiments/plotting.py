@@ -103,7 +103,7 @@ def plot_sycophancy(result: dict, path: Path) -> Path:
     ax.set_ylabel("grouped 5-fold CV accuracy")
     ax.set_ylim(0.3, 1.02)
     ax.set_title("probe accuracy per layer (bands: 95% bootstrap CI)")
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, ncol=2, loc="center right")
 
     ax = axes[1]
     cos = result["direction_cosine"]

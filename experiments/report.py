@@ -70,8 +70,8 @@ def sycophancy_table(r: dict) -> str:
         "",
         "| direction cosine, SyA−neutral vs GA−neutral | measured | toolkit 7B |",
         "|---|---|---|",
-        f"| mean over mid-to-late layers ({ml[0]}–{ml[-1]} of {L}, depth 0.4–0.9) | {_fmt(cos['mid_to_late_mean'])} | {TOOLKIT_7B['sya_ga_cosine_mid_late']} |",
-        f"| lowest (layer {cos['argmin_layer']}, depth {_fmt((cos['argmin_layer'] + 1) / L)}) | {_fmt(cos['min'])} | {NOT_REPORTED} |",
+        f"| mean over mid-to-late layers ({ml[0]}–{ml[-1]} of {L}, depth 0.4–0.9) | {_fmt(cos['mid_to_late_mean'], 3)} | {TOOLKIT_7B['sya_ga_cosine_mid_late']} |",
+        f"| lowest (layer {cos['argmin_layer']}, depth {_fmt((cos['argmin_layer'] + 1) / L)}) | {_fmt(cos['min'], 3)} | {NOT_REPORTED} |",
     ]
     return "\n".join(lines)
 

@@ -73,3 +73,12 @@ def test_contamination_quick(default_lm, out_dir):
             lo, hi = d[v]["ci95"]
             assert lo <= d[v]["shift"] <= hi and d[v]["n"] == 3
             assert 0 <= d[v]["shift"] <= 2
+
+
+def test_report_renders_every_study(out_dir):
+    from experiments.report import render
+
+    text = render(out_dir)
+    for stem in ("colour_swap", "sycophancy", "confound", "contamination"):
+        assert f"### {stem}" in text
+    assert "0.61" in text and "not reported" in text  # the toolkit's known 7B number, and honesty about the rest
