@@ -77,6 +77,13 @@ def _run(args) -> int:
         print(render(out))
         return 0
     lm = load_model(args.model, progress=progress)
+    if args.install:
+        from steering.default_model import DEFAULT_MODEL_ID
+
+        if args.name != "build-artifacts":
+            raise ValueError("--install only applies to build-artifacts")
+        if lm.model_id != DEFAULT_MODEL_ID:
+            raise ValueError(f"--install replaces the artifacts shipped for {DEFAULT_MODEL_ID}; for {lm.model_id} keep them in --out")
     if args.name == "build-artifacts":
         from .artifacts import build_all, install
 
