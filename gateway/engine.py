@@ -120,10 +120,16 @@ class RowState:
     held: tuple | None = None  # (token, logprob, top) waiting for its reading
     draining: bool = False  # reached max_tokens; one more step to read the held token
     done: bool = False
+    _columns: tuple = (None, [])  # (bank, this row's probe columns in it): looked up once per bank
 
     @property
     def wants_probes(self) -> bool:
         return bool(self.probe_names)
+
+    def columns(self, bank) -> list[int]:
+        if self._columns[0] is not bank:
+            self._columns = (bank, [bank.index(n) for n in self.probe_names])
+        return self._columns[1]
 
 
 @dataclass
@@ -278,10 +284,12 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - a failed step fails the rows in it, not the thread
                 log.exception("decode step failed")
                 err = as_api_error(exc)
-                for row in list(batch.uids):
-                    if not row.done:
-                        row.done = True
-                        row.job.post([Failed(err)])
+                # Every job with a row in the batch fails, finished rows included: a step that
+                # raised posted none of its events, so a row that ended in it never told its client.
+                for job in dict.fromkeys(row.job for row in batch.uids):
+                    job.post([Failed(err)])
+                for row in batch.uids:
+                    row.done = True
                 batch.remove(batch.uids)
                 cur = None
             self.batch_size = len(batch)
@@ -331,8 +339,7 @@ class Engine:
                     continue
                 reading = None
                 if scores is not None and row.wants_probes:
-                    cols = [part.bank.index(n) for n in row.probe_names]
-                    reading = scores[i][:, cols].T  # (P, L)
+                    reading = scores[i][:, row.columns(part.bank)].T  # (P, L)
                 lp = logprobs[i] if logprobs is not None and row.sampler.params.logprobs else None
                 top = []
                 if top_ids is not None and row.sampler.params.top_logprobs:

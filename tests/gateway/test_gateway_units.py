@@ -205,3 +205,48 @@ def test_a_request_that_fails_in_the_model_thread_fails_alone(tiny_llama):
     from steering.hooks import hooks_installed
 
     assert not hooks_installed(tiny_llama.model)
+
+
+def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_llama):
+    """A step that raises posts none of its events, so a row that ended in that step must fail too, not hang."""
+    import asyncio
+
+    from gateway.engine import Engine, Failed, Job
+    from gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
+    from gateway.sampling import SamplingParams
+
+    engine = Engine(tiny_llama, Limits())
+
+    def spec(max_tokens):
+        return GenerationSpec(kind=CHAT, model="default", max_tokens=max_tokens, sampling=SamplingParams(temperature=0.0),
+                              choices=[ChoiceSpec(0, (5, 6, 7), ())])
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        short, broken = Job(spec(1), loop, asyncio.Queue()), Job(spec(4), loop, asyncio.Queue())
+        emit = engine._emit
+
+        def failing_emit(row, *args):
+            if row.job is broken:
+                raise RuntimeError("detokenizer exploded")
+            return emit(row, *args)
+
+        engine._emit = failing_emit
+        for job in (short, broken):  # queued before the thread starts, so both join the same step
+            engine._queued += 1
+            engine._inbox.put(job)
+        engine.start()
+        seen = {}
+        for job in (short, broken):
+            events = []
+            while not any(isinstance(e, Failed) for e in events):
+                events += await asyncio.wait_for(job.events.get(), 60)
+            seen[job is short] = events
+        return seen
+
+    try:
+        seen = asyncio.run(run())
+    finally:
+        engine.stop()
+    assert isinstance(seen[True][-1], Failed) and seen[True][-1].error.status == 500
+    assert isinstance(seen[False][-1], Failed) and seen[False][-1].error.status == 500
