@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +24,14 @@ import numpy as np
 from steering.artifacts import (
     FORMAT_VERSION,
     ArtifactError,
+    atomic_write,
     check_finite,
     check_model_match,
     check_name,
     json_safe_float,
     path_in_library,
     read_json,
+    json_text,
     require_fields,
 )
 
@@ -205,8 +205,8 @@ class Probe:
         json_path = path_in_library(directory, self.name, JSON_SUFFIX)
         tensor_path = path_in_library(directory, self.name, TENSOR_SUFFIX)
         data = self.tensor_bytes()
-        _atomic_write(tensor_path, data)
-        _atomic_write(json_path, _json_bytes(self.metadata))
+        atomic_write(tensor_path, data)
+        atomic_write(json_path, _json_bytes(self.metadata))
         self._sha256 = hashlib.sha256(data).hexdigest()
         return json_path
 
@@ -338,15 +338,16 @@ class ProbeLibrary:
         """(Re)load every NAME.json in root; returns the files refused, each with its reason."""
         loaded: dict[str, Probe] = {}
         errors: list[ArtifactError] = []
-        if self.root.is_dir():
-            for json_path in sorted(self.root.glob("*" + JSON_SUFFIX)):
+        # held while scanning so an install or remove that lands meanwhile is not undone by the swap below
+        with self._lock:
+            paths = sorted(self.root.glob("*" + JSON_SUFFIX)) if self.root.is_dir() else []
+            for json_path in paths:
                 try:
                     probe = Probe.load(json_path, **self._model_checks())
                 except ArtifactError as exc:
                     errors.append(exc)
                     continue
                 loaded[probe.name] = probe
-        with self._lock:
             self._probes = loaded
         return errors
 
@@ -436,23 +437,7 @@ def _safe(value):
 
 
 def _json_bytes(meta: dict) -> bytes:
-    import json
-
     try:
-        return (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode("utf-8")
+        return json_text(meta).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"<metadata {meta.get('name')!r}>", f"metadata is not strict JSON: {exc}") from None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over path: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -10,7 +10,9 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -79,8 +81,28 @@ def read_json(path: str | Path) -> dict:
     return data
 
 
+def json_text(data: dict) -> str:
+    """Metadata as written to NAME.json: indented, strict (ValueError on NaN/Inf)."""
+    return json.dumps(data, indent=2, allow_nan=False, sort_keys=False) + "\n"
+
+
 def write_json(path: str | Path, data: dict) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, allow_nan=False, sort_keys=False) + "\n", encoding="utf-8")
+    Path(path).write_text(json_text(data), encoding="utf-8")
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename over path: readers see old or new, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _reject_constant(token: str) -> Any:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +26,15 @@ import numpy as np
 from .artifacts import (
     FORMAT_VERSION,
     ArtifactError,
+    atomic_write,
     check_finite,
     check_model_match,
     check_name,
     path_in_library,
     read_json,
     require_fields,
+    json_text,
     utc_now,
-    write_json,
 )
 from .interventions import Intervention, Op, Scope
 
@@ -214,8 +213,8 @@ class SteeringVector:
         meta = dict(self.metadata)
         meta["name"] = self.name
         validate_vector(json_path, self.name, meta, self.directions, self.midpoints)
-        _atomic_write_bytes(tensor_path, save(self._tensors()))
-        _atomic_write_json(json_path, meta)
+        atomic_write(tensor_path, save(self._tensors()))
+        atomic_write(json_path, json_text(meta).encode("utf-8"))
         self.metadata = meta
         return json_path
 
@@ -417,30 +416,6 @@ def _json_safe(value):
 
 
 # -- atomic writes ------------------------------------------------------------------
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_json(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- the library ----------------------------------------------------------------------
