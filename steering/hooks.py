@@ -16,7 +16,6 @@ from typing import Callable, Iterator, Protocol
 from .layers import decoder_layers
 
 _HOOK_ATTR = "_mlx_interp_hook"
-_ORIGINAL_CLASS_ATTR = "_mlx_interp_original_class"
 _hooked_classes: dict[type, type] = {}  # original class -> hooked subclass (immutable cache of types)
 
 
@@ -61,13 +60,12 @@ def layer_hooks(model, hook: Callable[[int, object], object]) -> Iterator[None]:
     installed = []
     try:
         for index, layer in enumerate(layers):
-            original = type(layer)
-            object.__setattr__(layer, _ORIGINAL_CLASS_ATTR, original)
+            # Recorded before anything changes, so a layer whose class swap raises is still cleaned up.
+            installed.append((layer, type(layer)))
             object.__setattr__(layer, _HOOK_ATTR, (hook, index))
-            layer.__class__ = _hooked_class(original)
-            installed.append(layer)
+            layer.__class__ = _hooked_class(type(layer))
         yield
     finally:
-        for layer in installed:
-            layer.__class__ = layer.__dict__.pop(_ORIGINAL_CLASS_ATTR)
+        for layer, original in installed:
+            layer.__class__ = original
             layer.__dict__.pop(_HOOK_ATTR, None)

@@ -71,6 +71,32 @@ def test_hooks_removed_when_the_body_raises(tiny_llama):
     assert all("_mlx_interp_hook" not in layer.__dict__ for layer in layers)
 
 
+def test_an_install_that_fails_midway_leaves_no_layer_hooked(tiny_llama, monkeypatch):
+    """A layer whose class cannot be swapped (e.g. an incompatible layout) must not leave the model marked hooked."""
+    import steering.hooks as hooks
+
+    layers = decoder_layers(tiny_llama.model)
+    classes = [type(layer) for layer in layers]
+    real, calls = hooks._hooked_class, []
+
+    def refuse_the_third(cls):
+        calls.append(cls)
+        if len(calls) == 3:
+            raise TypeError("__class__ assignment: object layout differs")
+        return real(cls)
+
+    monkeypatch.setattr(hooks, "_hooked_class", refuse_the_third)
+    with pytest.raises(TypeError, match="layout"):
+        with layer_hooks(tiny_llama.model, lambda i, h: h):
+            pass
+    assert len(calls) == 3
+    assert not hooks_installed(tiny_llama.model)
+    assert [type(layer) for layer in layers] == classes
+    monkeypatch.undo()
+    with layer_hooks(tiny_llama.model, lambda i, h: h):  # installable again
+        assert hooks_installed(tiny_llama.model)
+
+
 def test_hooks_removed_when_the_hook_itself_raises(tiny_llama):
     def bad(index, h):
         raise RuntimeError("hook failed")
