@@ -411,6 +411,7 @@ class Engine:
     # -- admission ---------------------------------------------------------------------------------
     def _admit(self, cur: list[Part] | None) -> list[Part] | None:
         parts = list(cur or [])
+        self._forget_cancelled()
         while self._waiting:
             job = self._waiting[0]
             room = self.limits.max_batch - len(self._batch)
@@ -433,6 +434,15 @@ class Engine:
                 job.post([Failed(err)])
         self.batch_size = len(self._batch)
         return parts or None
+
+    def _forget_cancelled(self) -> None:
+        """Jobs whose client left while queued go at once: they must not hold a queue place or block the line."""
+        if not any(job.cancelled for job in self._waiting):
+            return
+        kept = deque(job for job in self._waiting if not job.cancelled)
+        with self._lock:
+            self._queued -= len(self._waiting) - len(kept)
+        self._waiting = kept
 
     def _start(self, job: Job) -> list[Part]:
         spec = job.spec

@@ -250,3 +250,50 @@ def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_l
         engine.stop()
     assert isinstance(seen[True][-1], Failed) and seen[True][-1].error.status == 500
     assert isinstance(seen[False][-1], Failed) and seen[False][-1].error.status == 500
+
+
+def test_jobs_cancelled_while_queued_give_their_queue_places_back_at_once(tiny_llama):
+    """With the batch busy, queued jobs whose clients left must not keep the queue full (429) until a slot opens."""
+    import asyncio
+    import time
+
+    from gateway.engine import Engine, Job
+    from gateway.errors import QueueFull
+    from gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
+    from gateway.sampling import SamplingParams
+
+    engine = Engine(tiny_llama, Limits(max_batch=1, max_queue=2))
+    engine.start()
+
+    never_eos = tuple((t, -100.0) for t in tiny_llama.tokenizer.eos_token_ids)
+
+    def spec(max_tokens):
+        return GenerationSpec(kind=CHAT, model="default", max_tokens=max_tokens,
+                              sampling=SamplingParams(temperature=0.0, logit_bias=never_eos),
+                              choices=[ChoiceSpec(0, (5, 6, 7), ())])
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        busy = Job(spec(1_000_000), loop, asyncio.Queue())
+        engine.submit(busy)
+        await asyncio.wait_for(busy.events.get(), 60)  # running: it holds the only slot
+        queued = [Job(spec(4), loop, asyncio.Queue()) for _ in range(2)]
+        for job in queued:
+            engine.submit(job)
+        with pytest.raises(QueueFull):
+            engine.submit(Job(spec(4), loop, asyncio.Queue()))
+        for job in queued:
+            job.cancelled = True
+        deadline = time.monotonic() + 30
+        while engine.queue_depth and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        depth = engine.queue_depth
+        engine.submit(Job(spec(4), loop, asyncio.Queue()))  # room again while the busy job still runs
+        busy.cancelled = True
+        return depth
+
+    try:
+        depth = asyncio.run(run())
+    finally:
+        engine.stop()
+    assert depth == 0
