@@ -35,8 +35,9 @@ class Recorder:
         """(B, L, D) last-token states of the recorded layers, in layer order."""
         import mlx.core as mx
 
-        keys = sorted(self.outputs)
-        return mx.concatenate([self.outputs[k][:, -1:, :] for k in keys], axis=1)
+        outs = [self.outputs[k] for k in sorted(self.outputs)]
+        # A decode step records one position per row already: no slice op per layer per token.
+        return mx.concatenate([h if h.shape[1] == 1 else h[:, -1:, :] for h in outs], axis=1)
 
     def clear(self) -> None:
         self.outputs = {}
