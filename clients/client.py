@@ -13,6 +13,7 @@ Everything the server refuses, and a server that is not there, surfaces as
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import openai
@@ -32,6 +33,17 @@ DEFAULT_RETRIES = 0
 
 def resolve_base_url(base_url: str | None) -> str:
     return (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+
+
+@contextmanager
+def one_line_errors(base_url: str) -> Iterator[None]:
+    """Every failure inside becomes a ServerError with one readable line (the original is its cause)."""
+    try:
+        yield
+    except ServerError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise describe(exc, base_url) from exc
 
 
 class MlxInterpClient:
@@ -58,10 +70,8 @@ class MlxInterpClient:
     # --- discovery -------------------------------------------------------------------------
 
     def _get(self, path: str) -> Any:
-        try:
+        with one_line_errors(self.base_url):
             return self.openai.get(path, cast_to=object)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
-            raise describe(exc, self.base_url) from exc
 
     def models(self) -> list[str]:
         data = self._get("/models")
@@ -80,10 +90,8 @@ class MlxInterpClient:
     def health(self) -> dict:
         """GET /health (it lives beside /v1, and needs no key)."""
         root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
-        try:
+        with one_line_errors(self.base_url):
             response = self.openai.with_options(base_url=root).get("/health", cast_to=object)
-        except Exception as exc:  # noqa: BLE001
-            raise describe(exc, self.base_url) from exc
         return response if isinstance(response, dict) else {"status": response}
 
     def default_model(self) -> str:
@@ -125,14 +133,10 @@ class MlxInterpClient:
     ):
         """A non-streaming chat completion (an openai `ChatCompletion`)."""
         kwargs = self._extensions(steer, probes, use_headers, kwargs)
-        try:
+        with one_line_errors(self.base_url):
             return self.openai.chat.completions.create(
                 model=model or self.default_model(), messages=messages, **kwargs
             )
-        except ServerError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise describe(exc, self.base_url) from exc
 
     def stream_chat(
         self,
@@ -146,16 +150,12 @@ class MlxInterpClient:
     ) -> Iterator[Any]:
         """Stream a chat completion: yields openai `ChatCompletionChunk`s as they arrive."""
         kwargs = self._extensions(steer, probes, use_headers, kwargs)
-        try:
+        with one_line_errors(self.base_url):
             stream = self.openai.chat.completions.create(
                 model=model or self.default_model(), messages=messages, stream=True, **kwargs
             )
             with stream:
                 yield from stream
-        except ServerError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise describe(exc, self.base_url) from exc
 
     def complete(
         self,
@@ -169,12 +169,8 @@ class MlxInterpClient:
     ):
         """A non-streaming text completion (`max_tokens=0, echo=True` only scores the prompt)."""
         kwargs = self._extensions(steer, probes, use_headers, kwargs)
-        try:
+        with one_line_errors(self.base_url):
             return self.openai.completions.create(model=model or self.default_model(), prompt=prompt, **kwargs)
-        except ServerError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise describe(exc, self.base_url) from exc
 
     def close(self) -> None:
         self.openai.close()
