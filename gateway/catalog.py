@@ -53,16 +53,14 @@ class Shelf(Generic[T]):
         return sorted({n for lib in self.libraries for n in lib.names()})
 
     def describe(self) -> list[dict]:
-        out = []
-        for name in self.names():
-            for lib in self.libraries:
-                if name in lib:
-                    item = self.get(name).describe()
-                    item["library"] = str(lib.root)
-                    item["writable"] = lib is self.writable
-                    out.append(item)
-                    break
-        return out
+        # Each library describes one snapshot of itself, so a DELETE landing meanwhile cannot
+        # make a listed name vanish between "is it there" and "describe it" (a 500).
+        found: dict[str, dict] = {}
+        for lib in self.libraries:
+            for item in lib.describe():
+                if item["name"] not in found:
+                    found[item["name"]] = {**item, "library": str(lib.root), "writable": lib is self.writable}
+        return [found[n] for n in sorted(found)]
 
     def install(self, name: str, data: bytes, metadata: dict) -> T:
         return self.writable.install(name, data, metadata)
