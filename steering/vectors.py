@@ -105,15 +105,14 @@ def _parse_layer_string(spec: str, num_layers: int) -> list[int]:
         part = part.strip()
         lo, sep, hi = part.partition("-")
         try:
-            if sep:
-                start, end = int(lo), int(hi)
-                if start > end:
-                    raise ValueError
-                layers.extend(range(start, end + 1))
-            else:
-                layers.append(int(part))
+            start, end = (int(lo), int(hi)) if sep else (int(part), int(part))
+            if start > end:
+                raise ValueError
         except ValueError:
             raise ValueError(f"layers {spec!r} is not understood; use e.g. '8-16', '3,5,8-10', 12 or 'all'") from None
+        if end >= num_layers:  # before expanding: "0-999999999" must not build a billion-entry list
+            raise ValueError(f"layers {spec!r}: {max(start, num_layers)} is out of range; the model has layers 0-{num_layers - 1}")
+        layers.extend(range(start, end + 1))
     return layers
 
 

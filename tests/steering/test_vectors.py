@@ -264,6 +264,14 @@ def test_parse_layers_errors_name_the_value(spec, message):
         parse_layers(spec, 12)
 
 
+def test_parse_layers_refuses_a_huge_range_before_expanding_it():
+    """A request's "layers": "0-999999999999" is a one-line 400, not a list of a trillion ints (MemoryError, a 500)."""
+    with pytest.raises(ValueError, match="'0-999999999999': 12 is out of range"):
+        parse_layers("0-999999999999", 12)
+    with pytest.raises(ValueError, match="'3,20-30': 20 is out of range"):
+        parse_layers("3,20-30", 12)
+
+
 def test_intervention_defaults():
     vector = make_vector()
     iv = vector.intervention()
