@@ -45,7 +45,7 @@ def test_colour_swap_quick(default_lm, out_dir):
 def test_sycophancy_quick(default_lm, out_dir):
     run_study(default_lm, "sycophancy", out_dir, quick_configs()["sycophancy"], progress=False)
     r = _load(out_dir, "sycophancy")
-    assert len(r["contrasts"]) == 6 and r["n_items"] == 12
+    assert len(r["contrasts"]) == 6 and r["n_items"] == 10
     for c in r["contrasts"].values():
         assert len(c["per_layer"]) == default_lm.num_layers
         assert 0 < c["permutation_p_at_best"] <= 1
@@ -71,7 +71,7 @@ def test_contamination_quick(default_lm, out_dir):
     for d in r["domains"].values():
         for v in ("rubric", "padding", "wrong_rubric"):
             lo, hi = d[v]["ci95"]
-            assert lo <= d[v]["shift"] <= hi and d[v]["n"] == 3
+            assert lo <= d[v]["shift"] <= hi and d[v]["n"] == 2
             assert 0 <= d[v]["shift"] <= 2
 
 
