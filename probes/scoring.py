@@ -49,6 +49,7 @@ class ProbeBank:
         self.b = mx.array(b.astype(np.float32))  # (L, P), added in float32
         self.mask = mx.array(mask)  # (L, P)
         self._best = mx.array(np.array(self.best_layers, dtype=np.int32))
+        self._nan = mx.array(float("nan"))  # made once: scores() runs every decode step
         self._index = {n: i for i, n in enumerate(names)}
         self.layers_used: list[int] = sorted(int(l) for l in np.flatnonzero(mask.any(axis=1)))
 
@@ -70,7 +71,7 @@ class ProbeBank:
 
     def scores(self, hidden: mx.array) -> mx.array:
         """(B, L, D) -> (B, L, P) probabilities; NaN where a probe has no weights for the layer."""
-        return mx.where(self.mask, mx.sigmoid(self.logits(hidden)), mx.array(float("nan")))
+        return mx.where(self.mask, mx.sigmoid(self.logits(hidden)), self._nan)
 
     def best_scores(self, scores: mx.array) -> mx.array:
         """(B, L, P) scores -> (B, P): each probe read at its own best layer."""
