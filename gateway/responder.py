@@ -14,7 +14,18 @@ from starlette.responses import StreamingResponse
 from .engine import ChoiceEnd, Failed, Job, PromptRead, TokenOut
 from .jsonio import dumps
 from .probe_spec import ProbeReadings
-from .protocol import CHAT, GenerationSpec, chat_logprob_entry, chunk, completion_response, new_id, now, text_logprobs, usage
+from .protocol import (
+    CHAT,
+    GenerationSpec,
+    chat_logprob_entry,
+    chunk,
+    completion_response,
+    new_id,
+    now,
+    steering_field,
+    text_logprobs,
+    usage,
+)
 
 DISCONNECT_POLL_S = 0.1
 
@@ -122,7 +133,7 @@ class Run:
     async def stream(self):
         spec = self.spec
         if spec.kind == CHAT:
-            yield self._chunk([self._choice(c.index, "", role=True) for c in spec.choices], steering={"applied": spec.steering_applied})
+            yield self._chunk([self._choice(c.index, "", role=True) for c in spec.choices], steering=steering_field(spec))
         elif spec.echo:
             yield self._chunk([self._choice(c.index, spec.prompt_texts[i]) for i, c in enumerate(spec.choices)])
         try:
@@ -144,7 +155,7 @@ class Run:
                     item = self._choice(ev.index, ev.text, finish=ev.finish_reason)
                     if spec.probes:
                         item["probes"] = st.readings.result()
-                    yield self._chunk([item], steering={"applied": spec.steering_applied})
+                    yield self._chunk([item], steering=steering_field(spec))
         except Exception as exc:  # noqa: BLE001 - headers are gone: report in-band, as OpenAI does
             from .errors import as_api_error
 
