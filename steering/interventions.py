@@ -115,47 +115,51 @@ class RowSteering:
         active = [[iv for iv in row if iv.active_in(ph)] for row, ph in zip(rows, phases)]
         if not any(active):
             return None
-        # Group by (direction identity, op kind, layer), in the order first seen, so
-        # the same direction used by several rows costs one term.
-        adds: dict[int, np.ndarray] = {}
-        projs: dict[tuple[str, Op, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        order: list[tuple] = []
-        hidden = None
+        # Each layer gets a sequence of stages: one add (a delta per row) or one projection
+        # op on one direction (coefficients per row). A row's interventions land in stages in
+        # the row's own order, and a row skips stages that are not its own (zero delta, zero
+        # coefficients), so what a row gets never depends on its neighbours in the batch.
+        # A row's consecutive adds share a stage (they commute); a direction used by several
+        # rows costs one stage.
+        stages: dict[int, list[list]] = {}  # layer -> [[kind, payload...]]
+        latest: dict[tuple[int, int], int] = {}  # (row, layer) -> the row's last stage there
         for r, row in enumerate(active):
             for iv in row:
-                hidden = iv.directions.shape[1]
                 for layer in iv.layers:
                     v = iv.directions[layer].astype(np.float32)
+                    seq = stages.setdefault(layer, [])
+                    prev = latest.get((r, layer), -1)
+                    kind = "add" if iv.op is Op.ADD else ("proj", iv.key)
+                    start = prev if kind == "add" and prev >= 0 and seq[prev][0] == "add" else prev + 1
+                    j = next((i for i in range(start, len(seq)) if seq[i][0] == kind), None)
+                    if j is None:
+                        if kind == "add":
+                            seq.append([kind, np.zeros((B, v.shape[0]), np.float32)])
+                        else:
+                            norm = float(np.linalg.norm(v))
+                            seq.append([kind, v / norm if norm > 0 else v, np.zeros(B, np.float32), np.zeros(B, np.float32)])
+                        j = len(seq) - 1
+                    latest[(r, layer)] = j
+                    stage = seq[j]
                     if iv.op is Op.ADD:
-                        if layer not in adds:
-                            adds[layer] = np.zeros((B, hidden), np.float32)
-                            order.append(("add", layer))
-                        adds[layer][r] += iv.alpha * v
-                        continue
-                    k = (iv.key, iv.op, layer)
-                    if k not in projs:
-                        norm = float(np.linalg.norm(v))
-                        unit = v / norm if norm > 0 else v
-                        projs[k] = (unit, np.zeros(B, np.float32), np.zeros(B, np.float32))
-                        order.append(("proj", k))
-                    _, a, b = projs[k]
-                    if iv.op is Op.ABLATE:
-                        a[r], b[r] = -iv.alpha, 0.0
+                        stage[1][r] += iv.alpha * v
+                    elif iv.op is Op.ABLATE:
+                        stage[2][r], stage[3][r] = -iv.alpha, 0.0
                     elif iv.op is Op.REFLECT:
                         m = float(iv.midpoints[layer]) if iv.midpoints is not None else 0.0
-                        a[r], b[r] = -2.0 * iv.alpha, 2.0 * iv.alpha * m
+                        stage[2][r], stage[3][r] = -2.0 * iv.alpha, 2.0 * iv.alpha * m
                     else:  # clamp
-                        a[r], b[r] = -1.0, float(iv.value)
+                        stage[2][r], stage[3][r] = -1.0, float(iv.value)
         out = cls(batch_size=B)
         target = dtype or mx.float32
-        for kind, k in order:
-            if kind == "add":
-                term = _AddTerm(mx.array(adds[k][:, None, :]).astype(target))
-                out.terms.setdefault(k, []).append(term)
-            else:
-                unit, a, b = projs[k]
-                term = _ProjTerm(mx.array(unit), mx.array(a[:, None, None]), mx.array(b[:, None, None]))
-                out.terms.setdefault(k[2], []).append(term)
+        for layer, seq in stages.items():
+            for stage in seq:
+                if stage[0] == "add":
+                    term = _AddTerm(mx.array(stage[1][:, None, :]).astype(target))
+                else:
+                    _, unit, a, b = stage
+                    term = _ProjTerm(mx.array(unit), mx.array(a[:, None, None]), mx.array(b[:, None, None]))
+                out.terms.setdefault(layer, []).append(term)
         return out
 
     def apply(self, layer: int, h):

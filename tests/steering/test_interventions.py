@@ -209,6 +209,39 @@ def test_rows_get_their_own_coefficients():
     np.testing.assert_array_equal(np.array(steering.apply(1, h)), hn)  # layer 1 not chosen
 
 
+def _sequential(h, interventions, layer):
+    """Reference: each intervention applied in the order given, in float64."""
+    h = h.astype(np.float64)
+    for iv in interventions:
+        v = iv.directions[layer].astype(np.float64)
+        if iv.op is Op.ADD:
+            h = h + iv.alpha * v
+            continue
+        u = v / np.linalg.norm(v)
+        p = h @ u
+        target = {Op.ABLATE: (1 - iv.alpha) * p, Op.CLAMP: np.full_like(p, iv.value)}[iv.op]
+        h = h + (target - p)[..., None] * u
+    return h
+
+
+def test_each_row_gets_its_own_order_whatever_its_neighbours_ask():
+    """Add-then-ablate and ablate-then-add differ; a row's result must not depend on the rows beside it."""
+    v = np.zeros((1, 4), np.float32)
+    v[0, 0] = 1.0
+    w = np.array([[3.0, 1.0, 0.0, 0.0]], np.float32)  # has a component along v
+    add_w = Intervention("w", w, Op.ADD, alpha=1.0, layers=(0,))
+    ablate_v = Intervention("v", v, Op.ABLATE, layers=(0,))
+    clamp_v = Intervention("v", v, Op.CLAMP, layers=(0,), value=-2.0)
+    rows = [[ablate_v, add_w], [add_w, ablate_v], [add_w, ablate_v, add_w], [clamp_v, add_w, ablate_v]]
+    h = np.arange(len(rows) * 2 * 4, dtype=np.float32).reshape(len(rows), 2, 4) - 7.0
+    batched = np.array(RowSteering.build(rows, Phase.PROMPT).apply(0, mx.array(h)))
+    for r, row in enumerate(rows):
+        alone = np.array(RowSteering.build([row], Phase.PROMPT).apply(0, mx.array(h[r : r + 1])))[0]
+        expected = _sequential(h[r], row, 0)
+        np.testing.assert_allclose(alone, expected, atol=1e-5)
+        np.testing.assert_allclose(batched[r], expected, atol=1e-5)
+
+
 def test_apply_refuses_a_batch_of_another_size():
     d = np.ones((1, 4), np.float32)
     steering = RowSteering.build([[Intervention("v", d)]], Phase.PROMPT)
