@@ -418,6 +418,8 @@ class Engine:
             rows_needed = len(job.spec.choices) if job.spec.max_tokens > 0 else 0
             if rows_needed > room and len(self._batch) > 0:
                 break  # wait for rows to finish; a request larger than the batch runs alone
+            if self._probe_replaced(job):
+                break  # the bank holds one probe per name: wait for the rows reading the old one
             self._waiting.popleft()
             with self._lock:
                 self._queued -= 1
@@ -434,6 +436,13 @@ class Engine:
                 job.post([Failed(err)])
         self.batch_size = len(self._batch)
         return parts or None
+
+    def _probe_replaced(self, job: Job) -> bool:
+        """Does job name a probe that was re-uploaded since running rows took their copy of it?"""
+        if not job.spec.probes:
+            return False
+        running = {r.name: r.probe for row in self._batch.uids for r in row.job.spec.probes}
+        return any(running.get(r.name, r.probe) is not r.probe for r in job.spec.probes)
 
     def _forget_cancelled(self) -> None:
         """Jobs whose client left while queued go at once: they must not hold a queue place or block the line."""

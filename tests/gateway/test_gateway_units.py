@@ -297,3 +297,49 @@ def test_jobs_cancelled_while_queued_give_their_queue_places_back_at_once(tiny_l
     finally:
         engine.stop()
     assert depth == 0
+
+
+def test_a_replaced_probe_is_read_with_its_own_weights_while_the_old_one_runs(tiny_llama):
+    """A probe re-uploaded under the same name while a request still reads the old one: each gets its own weights."""
+    import asyncio
+
+    from gateway.engine import Engine, Job, PromptRead
+    from gateway.probe_spec import ProbeRequest
+    from gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
+    from gateway.sampling import SamplingParams
+    from gateway_helpers import make_probe
+    from probes.scoring import ProbeBank
+    from steering.generation import steering_session
+
+    old, new = make_probe(tiny_llama, "p", None, seed=1), make_probe(tiny_llama, "p", None, seed=2)
+    prompt = (5, 6, 7)
+    with steering_session(tiny_llama, capture_layers=None) as batch:
+        hidden = batch.prefill(list(prompt)).hidden_last
+        expected = np.array(ProbeBank([new], tiny_llama.num_layers, tiny_llama.hidden_size).scores(hidden[None]))[0].T
+    never_eos = tuple((t, -100.0) for t in tiny_llama.tokenizer.eos_token_ids)
+
+    def spec(probe, max_tokens):
+        return GenerationSpec(kind=CHAT, model="default", max_tokens=max_tokens,
+                              sampling=SamplingParams(temperature=0.0, logit_bias=never_eos),
+                              choices=[ChoiceSpec(0, prompt, ())], probes=(ProbeRequest(probe),))
+
+    engine = Engine(tiny_llama, Limits())
+    engine.start()
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        running = Job(spec(old, 40), loop, asyncio.Queue())
+        engine.submit(running)
+        await asyncio.wait_for(running.events.get(), 60)  # admitted: it reads the old probe
+        scoring = Job(spec(new, 0), loop, asyncio.Queue())
+        engine.submit(scoring)
+        while True:
+            for ev in await asyncio.wait_for(scoring.events.get(), 60):
+                if isinstance(ev, PromptRead):
+                    return ev.reading
+
+    try:
+        reading = asyncio.run(run())
+    finally:
+        engine.stop()
+    np.testing.assert_allclose(reading, expected, atol=1e-5)
