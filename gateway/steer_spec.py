@@ -137,7 +137,9 @@ def build_plan(entries: list[SteerEntry], n: int, vectors, limits: Limits) -> St
             vector = vectors.get(e.vector)
         except KeyError:
             known = ", ".join(vectors.names()[:20]) or "none loaded"
-            raise BadRequest(f"unknown steering vector {e.vector[:80]!r} (loaded: {known})", param=param, code="unknown_vector") from None
+            where = "" if e.source == "steer" else f" in {e.source}"
+            # api.md section 7: an unknown vector is param "steer" whichever form named it.
+            raise BadRequest(f"unknown steering vector {e.vector[:80]!r}{where} (loaded: {known})", param="steer", code="unknown_vector") from None
         alphas = e.alpha if isinstance(e.alpha, tuple) else (e.alpha,) * n
         made = None
         for i, alpha in enumerate(alphas):

@@ -138,7 +138,7 @@ CASES = [
     # -- headers
     Case("x-steer-bad-alpha", chat(), 400, "X-Steer", headers={"X-Steer": "push=abc"}),
     Case("x-steer-nan", chat(), 400, "X-Steer", headers={"X-Steer": "push=nan"}),
-    Case("x-steer-unknown", chat(), 400, "X-Steer", headers={"X-Steer": "nope=1"}),
+    Case("x-steer-unknown", chat(), 400, "steer", headers={"X-Steer": "nope=1"}),
     Case("x-steer-no-name", chat(), 400, "X-Steer", headers={"X-Steer": "=1"}),
     Case("x-steer-too-long", chat(), 400, "X-Steer", headers={"X-Steer": "push=1," * 1000}),
     Case("x-probes-unknown", chat(), 400, "probes", headers={"X-Probes": "nope"}),
