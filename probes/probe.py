@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from steering.artifacts import (
+    ArtifactLibrary,
     FORMAT_VERSION,
     ArtifactError,
     atomic_write,
@@ -308,71 +308,20 @@ def probe_from_bytes(where: str | Path, data: bytes, meta: dict) -> Probe:
     )
 
 
-class ProbeLibrary:
-    """The probes of one folder, checked against one model.
+class ProbeLibrary(ArtifactLibrary):
+    """The probes of one folder, checked against one model (copy-on-write, see ArtifactLibrary)."""
 
-    The dict of loaded probes is copy-on-write: writers build a new dict under
-    the lock and swap it in, so the model thread reads without locking while
-    HTTP handlers install or remove probes.
-    """
+    JSON_SUFFIX = JSON_SUFFIX
 
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        fingerprint: str | None = None,
-        hidden_size: int | None = None,
-        num_layers: int | None = None,
-    ):
-        self.root = Path(root)
-        self.fingerprint = fingerprint
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self._probes: dict[str, Probe] = {}
-        self._lock = threading.Lock()
+    def _load_file(self, json_path: Path) -> Probe:
+        return Probe.load(json_path, **self._model_checks())
 
-    def _model_checks(self) -> dict:
-        return {"fingerprint": self.fingerprint, "hidden_size": self.hidden_size, "num_layers": self.num_layers}
-
-    def load_all(self) -> list[ArtifactError]:
-        """(Re)load every NAME.json in root; returns the files refused, each with its reason."""
-        loaded: dict[str, Probe] = {}
-        errors: list[ArtifactError] = []
-        # held while scanning so an install or remove that lands meanwhile is not undone by the swap below
-        with self._lock:
-            paths = sorted(self.root.glob("*" + JSON_SUFFIX)) if self.root.is_dir() else []
-            for json_path in paths:
-                try:
-                    probe = Probe.load(json_path, **self._model_checks())
-                except ArtifactError as exc:
-                    errors.append(exc)
-                    continue
-                loaded[probe.name] = probe
-            self._probes = loaded
-        return errors
-
-    def get(self, name: str) -> Probe:
-        """The probe called name; KeyError if there is none."""
-        try:
-            return self._probes[name]
-        except KeyError:
-            raise KeyError(name) from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._probes
-
-    def __len__(self) -> int:
-        return len(self._probes)
-
-    def names(self) -> list[str]:
-        return sorted(self._probes)
+    @property
+    def _probes(self) -> dict[str, Probe]:
+        return self._items
 
     def probes(self) -> list[Probe]:
-        snapshot = self._probes
-        return [snapshot[n] for n in sorted(snapshot)]
-
-    def describe(self) -> list[dict]:
-        return [p.describe() for p in self.probes()]
+        return self.items()
 
     def install(self, name: str, safetensors_bytes: bytes, metadata: dict, *, overwrite: bool = True) -> Probe:
         """Validate an uploaded probe fully, then write it into root atomically and serve it."""
@@ -391,14 +340,14 @@ class ProbeLibrary:
                 raise FileExistsError(f"probe {name!r} already exists")
             self.root.mkdir(parents=True, exist_ok=True)
             probe.save(self.root)
-            self._probes = {**self._probes, name: probe}
+            self._put(name, probe)
         return probe
 
     def add(self, probe: Probe) -> Probe:
         """Serve a probe held in memory (e.g. one just trained) without writing it to root."""
         probe.validate(**self._model_checks())
         with self._lock:
-            self._probes = {**self._probes, probe.name: probe}
+            self._put(probe.name, probe)
         return probe
 
     def remove(self, name: str) -> None:
@@ -411,7 +360,7 @@ class ProbeLibrary:
                 raise KeyError(name)
             for p in (json_path, tensor_path):
                 p.unlink(missing_ok=True)
-            self._probes = {k: v for k, v in self._probes.items() if k != name}
+            self._drop(name)
 
 
 # -- helpers -----------------------------------------------------------------------------

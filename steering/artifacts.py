@@ -135,3 +135,80 @@ def json_safe_float(x: float) -> float | None:
     """Floats that JSON can carry: NaN and Inf become null."""
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+class ArtifactLibrary:
+    """The artifacts (vectors or probes) of one folder, checked against one model.
+
+    Readers (the server's model thread) look names up without a lock: the
+    name -> artifact dict is never changed in place, only replaced as a whole
+    by writers, who serialise on a lock. A reader sees the old or the new
+    mapping, never half of an update. Subclasses say how one file is loaded
+    (`_load_file`) and add their own install/add/remove on top of `_put`/`_drop`.
+    """
+
+    JSON_SUFFIX = ".json"
+
+    def __init__(self, root: str | Path, *, fingerprint: str | None = None, hidden_size: int | None = None, num_layers: int | None = None):
+        import threading
+
+        self.root = Path(root)
+        self.fingerprint = fingerprint
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self._items: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _model_checks(self) -> dict:
+        return {"fingerprint": self.fingerprint, "hidden_size": self.hidden_size, "num_layers": self.num_layers}
+
+    def _load_file(self, json_path: Path):  # -> artifact with a .name
+        raise NotImplementedError
+
+    def load_all(self) -> list[ArtifactError]:
+        """(Re)load every NAME.json in root; bad ones are skipped and returned, each with its reason."""
+        loaded: dict[str, Any] = {}
+        errors: list[ArtifactError] = []
+        # held while scanning so an install or remove that lands meanwhile is not undone by the swap below
+        with self._lock:
+            paths = sorted(self.root.glob("*" + self.JSON_SUFFIX)) if self.root.is_dir() else []
+            for path in paths:
+                try:
+                    item = self._load_file(path)
+                except ArtifactError as exc:
+                    errors.append(exc)
+                    continue
+                loaded[item.name] = item
+            self._items = loaded
+        return errors
+
+    def get(self, name: str):
+        """The artifact called name; KeyError if there is none."""
+        items = self._items
+        if name not in items:
+            raise KeyError(name)
+        return items[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def items(self) -> list:
+        """The artifacts in name order, from one snapshot."""
+        snapshot = self._items
+        return [snapshot[n] for n in sorted(snapshot)]
+
+    def describe(self) -> list[dict]:
+        return [item.describe() for item in self.items()]
+
+    # Writers call these with self._lock held.
+    def _put(self, name: str, item) -> None:
+        self._items = {**self._items, name: item}
+
+    def _drop(self, name: str) -> None:
+        self._items = {k: v for k, v in self._items.items() if k != name}

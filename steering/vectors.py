@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from .artifacts import (
+    ArtifactLibrary,
     FORMAT_VERSION,
     ArtifactError,
     atomic_write,
@@ -420,61 +420,13 @@ def _json_safe(value):
 # -- the library ----------------------------------------------------------------------
 
 
-class VectorLibrary:
-    """The vectors in one directory, checked against one model.
+class VectorLibrary(ArtifactLibrary):
+    """The vectors in one directory, checked against one model (copy-on-write, see ArtifactLibrary)."""
 
-    Readers (the server's model thread) look names up without a lock: the
-    name -> vector dict is never changed in place, only replaced as a whole by
-    writers, who serialise on a lock. A reader sees the old or the new mapping,
-    never half of an update.
-    """
+    JSON_SUFFIX = JSON_SUFFIX
 
-    def __init__(self, root: str | Path, *, fingerprint: str | None = None, hidden_size: int | None = None, num_layers: int | None = None):
-        self.root = Path(root)
-        self.fingerprint = fingerprint
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self._vectors: dict[str, SteeringVector] = {}
-        self._write_lock = threading.Lock()
-
-    def _expect(self) -> dict:
-        return {"fingerprint": self.fingerprint, "hidden_size": self.hidden_size, "num_layers": self.num_layers}
-
-    def load_all(self) -> list[ArtifactError]:
-        """(Re)load every NAME.json in root; bad ones are skipped and returned."""
-        loaded: dict[str, SteeringVector] = {}
-        errors: list[ArtifactError] = []
-        # held while scanning so an install that lands meanwhile is not dropped by the swap below
-        with self._write_lock:
-            paths = sorted(self.root.glob(f"*{JSON_SUFFIX}")) if self.root.is_dir() else []
-            for path in paths:
-                try:
-                    vector = SteeringVector.load(path, **self._expect())
-                except ArtifactError as exc:
-                    errors.append(exc)
-                    continue
-                loaded[vector.name] = vector
-            self._vectors = loaded
-        return errors
-
-    def get(self, name: str) -> SteeringVector:
-        vectors = self._vectors
-        if name not in vectors:
-            raise KeyError(name)
-        return vectors[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._vectors
-
-    def __len__(self) -> int:
-        return len(self._vectors)
-
-    def names(self) -> list[str]:
-        return sorted(self._vectors)
-
-    def describe(self) -> list[dict]:
-        vectors = self._vectors
-        return [vectors[n].describe() for n in sorted(vectors)]
+    def _load_file(self, json_path: Path) -> SteeringVector:
+        return SteeringVector.load(json_path, **self._model_checks())
 
     def install(self, name: str, safetensors_bytes: bytes, metadata: dict) -> SteeringVector:
         """Validate an uploaded vector completely, then write it atomically and register it.
@@ -493,7 +445,7 @@ class VectorLibrary:
         meta = _json_safe(meta)
         directions, midpoints = _read_tensors(tensor_path, bytes(safetensors_bytes))
         validate_vector(json_path, name, meta, directions, midpoints)
-        check_expected(json_path, meta, **self._expect())
+        check_expected(json_path, meta, **self._model_checks())
         vector = SteeringVector(name=name, directions=directions, metadata=meta, midpoints=midpoints)
         self.add(vector)
         return vector
@@ -501,23 +453,19 @@ class VectorLibrary:
     def add(self, vector: SteeringVector) -> None:
         """Save vector into root (replacing one of the same name) and register it."""
         json_path = path_in_library(self.root, vector.name, JSON_SUFFIX)
-        check_expected(json_path, vector.metadata, **self._expect())
-        with self._write_lock:
+        check_expected(json_path, vector.metadata, **self._model_checks())
+        with self._lock:
             vector.save(self.root)
-            updated = dict(self._vectors)
-            updated[vector.name] = vector
-            self._vectors = updated
+            self._put(vector.name, vector)
 
     def remove(self, name: str) -> None:
         """Forget name and delete its files; KeyError if it is not loaded."""
-        with self._write_lock:
-            if name not in self._vectors:
+        with self._lock:
+            if name not in self._items:
                 raise KeyError(name)
             json_path = path_in_library(self.root, name, JSON_SUFFIX)
             tensor_path = path_in_library(self.root, name, TENSOR_SUFFIX)
-            updated = dict(self._vectors)
-            del updated[name]
-            self._vectors = updated
+            self._drop(name)
             # json first: a crash between the two leaves an orphan tensor file, never a listed vector without data.
             json_path.unlink(missing_ok=True)
             tensor_path.unlink(missing_ok=True)
