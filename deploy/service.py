@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gateway.auth import is_loopback  # the same rule the server applies when it starts
 
 DEFAULT_NAME = "mlx-interp"
 DEFAULT_HOST = "127.0.0.1"
@@ -40,15 +41,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_value(what: str, value: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(f"{what} contains a control character (newline, tab, ...); the service files cannot hold it")
@@ -79,7 +71,7 @@ class ServiceSpec:
         check_name(self.name)
         if not (isinstance(self.port, int) and 1 <= self.port <= 65535):
             raise ValueError(f"--port must be between 1 and 65535, got {self.port!r}")
-        if not _is_loopback(self.host) and not self.api_key:
+        if not is_loopback(self.host) and not self.api_key:
             raise ValueError(f"refusing to serve on {self.host} without an API key; pass --api-key (the server refuses it too)")
         if not Path(self.python).is_absolute():
             raise ValueError(f"the interpreter must be an absolute path, got {self.python!r}")
