@@ -72,9 +72,9 @@ class Worker:
 
     def __init__(self, model: str):
         sys.path.insert(0, str(REPO_ROOT))
-        import steering  # noqa: F401  (BLAS before mlx)
-        from steering.backend import blas_choice
-        from steering.model import load_model
+        import mlx_interp.steering  # noqa: F401  (BLAS before mlx)
+        from mlx_interp.steering.backend import blas_choice
+        from mlx_interp.steering.model import load_model
 
         self.lm = load_model(model, progress=False)
         self.blas = blas_choice()
@@ -83,7 +83,7 @@ class Worker:
         rng = np.random.default_rng(0)
         directions = rng.standard_normal((self.lm.num_layers, self.lm.hidden_size)).astype(np.float32)
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-        from steering.interventions import Intervention
+        from mlx_interp.steering.interventions import Intervention
 
         self.intervention = Intervention("bench", directions, alpha=STEER_ALPHA)
         vocab = self.lm.config.get("vocab_size", 1000)
@@ -169,7 +169,7 @@ class Worker:
         import mlx.core as mx
         from mlx_lm.models.cache import BatchKVCache
 
-        from steering.hooks import layer_hooks
+        from mlx_interp.steering.hooks import layer_hooks
 
         prompts = self.contexts[:batch_size]
         model = self.lm.model
@@ -217,7 +217,7 @@ class Worker:
         return (self.intervention,) if case.steer else ()
 
     def _session(self, case: Case):
-        from steering.generation import steering_session
+        from mlx_interp.steering.generation import steering_session
 
         # capture_layers=() records nothing; None records every layer.
         return steering_session(self.lm, capture_layers=None if case.capture else ())

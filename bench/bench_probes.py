@@ -23,7 +23,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import steering  # noqa: E402,F401  (BLAS before mlx)
+import mlx_interp.steering  # noqa: E402,F401  (BLAS before mlx)
 
 BATCH_SIZES = (1, 2, 4, 8)
 MICRO_REPEATS = 100
@@ -33,7 +33,7 @@ PROMPT = "Write a short note about the weather in the mountains and what to pack
 def synthetic_probes(count: int, num_layers: int, hidden: int, seed: int = 0):
     import numpy as np
 
-    from probes.probe import Probe
+    from mlx_interp.probes.probe import Probe
 
     rng = np.random.default_rng(seed)
     probes = []
@@ -61,7 +61,7 @@ def bench_scoring(n_probes: int, num_layers: int, hidden: int) -> dict[int, floa
     import mlx.core as mx
     import numpy as np
 
-    from probes.scoring import ProbeBank
+    from mlx_interp.probes.scoring import ProbeBank
 
     probes = synthetic_probes(n_probes, num_layers, hidden)
     bank = ProbeBank(probes, num_layers, hidden)
@@ -89,10 +89,10 @@ def bench_scoring(n_probes: int, num_layers: int, hidden: int) -> dict[int, floa
 def bench_decode(model: str, n_probes: int, steps: int) -> None:
     import mlx.core as mx
 
-    from probes.scoring import ProbeBank
-    from steering.capture import encode
-    from steering.generation import steering_session
-    from steering.model import load_model
+    from mlx_interp.probes.scoring import ProbeBank
+    from mlx_interp.steering.capture import encode
+    from mlx_interp.steering.generation import steering_session
+    from mlx_interp.steering.model import load_model
 
     lm = load_model(model, progress=False)
     bank = ProbeBank(synthetic_probes(n_probes, lm.num_layers, lm.hidden_size), lm.num_layers, lm.hidden_size)
@@ -126,7 +126,7 @@ def bench_decode(model: str, n_probes: int, steps: int) -> None:
 def bench_training(n: int, num_layers: int, hidden: int) -> None:
     import numpy as np
 
-    from probes.training import train_probe
+    from mlx_interp.probes.training import train_probe
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n, num_layers, hidden)).astype(np.float32)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-examples", type=int, default=200)
     args = parser.parse_args(argv)
 
-    from steering.backend import blas_choice
+    from mlx_interp.steering.backend import blas_choice
 
     print(f"BLAS: {blas_choice().path or blas_choice().reason}")
     bench_scoring(args.probes, args.layers, args.hidden)

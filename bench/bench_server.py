@@ -138,11 +138,11 @@ def median_of(fn, repeats: int) -> float:
 
 
 def bench_in_process(model_dir: Path, tokens: int, repeats: int, eos_ban: dict) -> dict[str, float]:
-    import steering  # noqa: F401  (OpenBLAS first, as the server does)
+    import mlx_interp.steering  # noqa: F401  (OpenBLAS first, as the server does)
     from mlx_lm import load, stream_generate
     from mlx_lm.sample_utils import make_logits_processors
 
-    from steering.model import load_model
+    from mlx_interp.steering.model import load_model
 
     processors = make_logits_processors(logit_bias={int(k): v for k, v in eos_ban.items()})
     results = {}

@@ -26,8 +26,8 @@ PROMPT = "Write a long story about a lighthouse keeper."
 IN_PROCESS = r"""
 import json, sys, time
 sys.path.insert(0, {root!r})
-import steering
-from steering.model import load_model
+import mlx_interp.steering
+from mlx_interp.steering.model import load_model
 from mlx_lm import stream_generate
 from mlx_lm.sample_utils import make_logits_processors
 lm = load_model({model!r}, progress=False)

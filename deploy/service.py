@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.auth import is_loopback  # the same rule the server applies when it starts
+from mlx_interp.gateway.auth import is_loopback  # the same rule the server applies when it starts
 
 DEFAULT_NAME = "mlx-interp"
 DEFAULT_HOST = "127.0.0.1"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steering.artifacts import ArtifactError, dataset_hash
+from mlx_interp.steering.artifacts import ArtifactError, dataset_hash
 
 from .common import GREEN_RED_PAIRS, PROBE_LIBRARY, SYCOPHANCY, VECTOR_LIBRARY, read_jsonl
 
@@ -23,7 +23,7 @@ PROBE_NEGATIVE, PROBE_POSITIVE = "GA", "SyA"
 
 def build_green_red(lm, progress: bool = False):
     """Mean-difference vector from the red (positive) and green (negative) pairs, raw text, last token."""
-    from steering.extraction import build_vector, read_pairs
+    from mlx_interp.steering.extraction import build_vector, read_pairs
 
     return build_vector(
         lm,
@@ -41,8 +41,8 @@ def build_green_red(lm, progress: bool = False):
 
 def sycophancy_states(lm, rows: list[dict], progress: bool = False) -> np.ndarray:
     """Residual stream (N, L, D) at the last token of each chat (the end of the assistant answer)."""
-    from probes.training import row_tokens
-    from steering.capture import capture_hidden_states
+    from mlx_interp.probes.training import row_tokens
+    from mlx_interp.steering.capture import capture_hidden_states
 
     tokens = [row_tokens(lm, {"messages": r["messages"]}) for r in rows]
     return capture_hidden_states(lm, tokens, position="last", progress=progress)
@@ -50,7 +50,7 @@ def sycophancy_states(lm, rows: list[dict], progress: bool = False) -> np.ndarra
 
 def build_sycophancy_probe(lm, progress: bool = False, states: np.ndarray | None = None, rows: list[dict] | None = None, **train_kwargs):
     """SyA (positive) vs GA (negative) logistic probe, grouped 5-fold CV by item."""
-    from probes.training import train_probe
+    from mlx_interp.probes.training import train_probe
 
     if rows is None:
         rows = [r for r in read_jsonl(SYCOPHANCY) if r["condition"] in (PROBE_NEGATIVE, PROBE_POSITIVE)]
@@ -74,7 +74,7 @@ def build_sycophancy_probe(lm, progress: bool = False, states: np.ndarray | None
 
 def shipped_vector(lm):
     """The shipped green_red vector if it was built for this model, else None."""
-    from steering.vectors import SteeringVector
+    from mlx_interp.steering.vectors import SteeringVector
 
     try:
         return SteeringVector.load(VECTOR_LIBRARY / f"{VECTOR_NAME}.json", fingerprint=lm.fingerprint,

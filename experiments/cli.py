@@ -67,7 +67,7 @@ def run_study(lm, name: str, out: Path, config, progress: bool = True) -> dict:
 
 
 def _run(args) -> int:
-    from steering.model import load_model
+    from mlx_interp.steering.model import load_model
 
     progress = not args.no_progress
     out = Path(args.out)
@@ -78,7 +78,7 @@ def _run(args) -> int:
         return 0
     lm = load_model(args.model, progress=progress)
     if args.install:
-        from steering.default_model import DEFAULT_MODEL_ID
+        from mlx_interp.steering.default_model import DEFAULT_MODEL_ID
 
         if args.name != "build-artifacts":
             raise ValueError("--install only applies to build-artifacts")

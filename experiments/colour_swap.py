@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from steering.analysis import binomial_test
-from steering.interventions import Intervention, Op
+from mlx_interp.steering.analysis import binomial_test
+from mlx_interp.steering.interventions import Intervention, Op
 
 from .common import COLOUR_CONTROLS, COLOUR_QUESTIONS, GREEN_RED_PAIRS, balanced_subset, read_jsonl, run_record
 from .decoding import chat_tokens, greedy_decode, kl_divergence

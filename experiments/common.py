@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steering.artifacts import dataset_hash, utc_now
+from mlx_interp.steering.artifacts import dataset_hash, utc_now
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_DATA = ROOT / "experiments" / "data"

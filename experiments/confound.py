@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steering.analysis import bootstrap_ci
+from mlx_interp.steering.analysis import bootstrap_ci
 
 from .common import CONFOUND, SYCOPHANCY, read_jsonl, run_record
 from .contamination import summary_layers
@@ -35,7 +35,7 @@ class ConfoundConfig:
 
 def cross_fitted_scores(X: np.ndarray, y: np.ndarray, train_mask: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Score every row with a probe fitted on the training rows of the other folds' groups."""
-    from probes.training import fit_detector
+    from mlx_interp.probes.training import fit_detector
 
     items = np.unique(groups)
     rng = np.random.default_rng(seed)
@@ -51,7 +51,7 @@ def cross_fitted_scores(X: np.ndarray, y: np.ndarray, train_mask: np.ndarray, gr
 
 
 def separation(pos: np.ndarray, neg: np.ndarray) -> dict:
-    from probes.training import auroc
+    from mlx_interp.probes.training import auroc
 
     pooled = np.sqrt((pos.var(ddof=1) + neg.var(ddof=1)) / 2)
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
@@ -61,8 +61,8 @@ def separation(pos: np.ndarray, neg: np.ndarray) -> dict:
 
 def run(lm, out_dir: Path | None = None, config: ConfoundConfig = ConfoundConfig(), progress: bool = True,
         sycophancy_states: np.ndarray | None = None) -> dict:
-    from probes.training import train_probe
-    from steering.capture import capture_hidden_states
+    from mlx_interp.probes.training import train_probe
+    from mlx_interp.steering.capture import capture_hidden_states
 
     from .artifacts import PROBE_NEGATIVE, PROBE_POSITIVE
     from .artifacts import sycophancy_states as capture_sycophancy

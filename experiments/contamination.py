@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steering.analysis import bootstrap_ci, paired_bootstrap_ci
+from mlx_interp.steering.analysis import bootstrap_ci, paired_bootstrap_ci
 
 from .common import CONTAMINATION, read_jsonl, run_record
 
@@ -60,7 +60,7 @@ def summarise(shifts: dict, n_bootstrap: int, seed: int) -> dict:
 
 
 def run(lm, out_dir: Path | None = None, config: ContaminationConfig = ContaminationConfig(), progress: bool = True) -> dict:
-    from steering.capture import capture_hidden_states
+    from mlx_interp.steering.capture import capture_hidden_states
 
     rows = read_jsonl(CONTAMINATION)
     if config.max_prompts_per_domain is not None:

@@ -22,9 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
-from steering.capture import ResidualHook
-from steering.hooks import layer_hooks
-from steering.interventions import Intervention, Phase, RowSteering
+from mlx_interp.steering.capture import ResidualHook
+from mlx_interp.steering.hooks import layer_hooks
+from mlx_interp.steering.interventions import Intervention, Phase, RowSteering
 
 BATCH_ROWS = 48  # rows per forward pass; the prompts here are short, so this bounds memory well
 
@@ -38,7 +38,7 @@ class Decoded:
 
 def chat_tokens(lm, question: str, system: str | None = None) -> list[int]:
     """The question as a user turn in lm's chat template, ready for the assistant's reply."""
-    from steering.capture import encode
+    from mlx_interp.steering.capture import encode
 
     return encode(lm, question, chat=True, system=system)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steering.analysis import cosine_by_layer
+from mlx_interp.steering.analysis import cosine_by_layer
 
 from .common import SYCOPHANCY, read_jsonl, run_record
 
@@ -53,7 +53,7 @@ def select_items(rows: list[dict], max_items: int | None) -> list[dict]:
 
 def permutation_p_value(X: np.ndarray, y: np.ndarray, groups, folds: int, observed_auroc: float, n: int, seed: int) -> float:
     """p that CV AUROC this high arises with labels shuffled (same folds, +1 correction)."""
-    from probes.training import cross_validate, cv_splits, group_ids
+    from mlx_interp.probes.training import cross_validate, cv_splits, group_ids
 
     gid = group_ids(groups)
     splits = cv_splits(y, gid, folds, seed)
@@ -99,7 +99,7 @@ def direction_cosine(X: np.ndarray, cond: np.ndarray, groups: np.ndarray, n_boot
 
 def run(lm, out_dir: Path | None = None, config: SycophancyConfig = SycophancyConfig(), progress: bool = True,
         states: np.ndarray | None = None) -> dict:
-    from probes.training import train_probe
+    from mlx_interp.probes.training import train_probe
 
     from .artifacts import sycophancy_states
 

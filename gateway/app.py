@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from steering.artifacts import ArtifactError, check_name
+from mlx_interp.steering.artifacts import ArtifactError, check_name
 
 from . import auth
 from .catalog import ReadOnlyArtifact

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from steering.artifacts import ArtifactError
+from mlx_interp.steering.artifacts import ArtifactError
 
 T = TypeVar("T")
 
@@ -76,8 +76,8 @@ class Shelf(Generic[T]):
 
 def build_shelves(lm, vector_dirs, probe_dirs, writable_root: Path | None = None):
     """(vector shelf, probe shelf) for the loaded model; uploads go to the first user dir or the cache."""
-    from probes.probe import ProbeLibrary
-    from steering.vectors import VectorLibrary
+    from mlx_interp.probes.probe import ProbeLibrary
+    from mlx_interp.steering.vectors import VectorLibrary
 
     facts = {"fingerprint": lm.fingerprint, "hidden_size": lm.hidden_size, "num_layers": lm.num_layers}
     root = writable_root or DEFAULT_WRITABLE

@@ -35,8 +35,8 @@ def register(subparsers) -> None:
 
 def build_gateway(args: argparse.Namespace):
     """Everything but the socket: model, libraries, presets, engine. Prints refused artifacts, one line each."""
-    import steering  # noqa: F401  (OpenBLAS before mlx)
-    from steering.model import load_model
+    import mlx_interp.steering  # noqa: F401  (OpenBLAS before mlx)
+    from mlx_interp.steering.model import load_model
 
     from .app import Gateway
     from .auth import Keys

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from steering.generation import steering_session
-from steering.interventions import Phase
+from mlx_interp.steering.generation import steering_session
+from mlx_interp.steering.interventions import Phase
 
 from .errors import APIError, QueueFull, Unavailable, as_api_error
 from .limits import Limits
@@ -498,7 +498,7 @@ class Engine:
 
     def _ensure_bank(self, extra=()) -> None:
         """A ProbeBank over every probe that running rows and the new request ask for (one matmul per step)."""
-        from probes.scoring import ProbeBank
+        from mlx_interp.probes.scoring import ProbeBank
 
         wanted: dict[str, object] = {}
         for row in self._batch.uids:

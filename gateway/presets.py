@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from steering.artifacts import NAME_PATTERN
+from mlx_interp.steering.artifacts import NAME_PATTERN
 
 PRESET_KEYS = {"model", "steer", "probes", "description"}
 

@@ -10,7 +10,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from steering.interventions import Intervention
+from mlx_interp.steering.interventions import Intervention
 
 from .probe_spec import ProbeRequest
 from .sampling import SamplingParams

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from steering.interventions import Intervention, Op, Scope
+from mlx_interp.steering.interventions import Intervention, Op, Scope
 
 from .errors import BadRequest
 from .limits import Limits

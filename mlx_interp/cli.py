@@ -14,13 +14,13 @@ import sys
 # subcommand modules, each with register(subparsers); imported lazily so
 # `mlx-interp chat` does not pay for loading mlx or the server.
 COMMAND_MODULES = (
-    "gateway.cli",  # serve
-    "clients.chat_cli",  # chat
-    "steering.cli",  # vectors, capture, generate
-    "probes.cli",  # probes
-    "experiments.cli",  # experiment
+    "mlx_interp.gateway.cli",  # serve
+    "mlx_interp.clients.chat_cli",  # chat
+    "mlx_interp.steering.cli",  # vectors, capture, generate
+    "mlx_interp.probes.cli",  # probes
+    "mlx_interp.experiments.cli",  # experiment
     "mlx_interp.bench",  # bench
-    "deploy.cli",  # service
+    "mlx_interp.deploy.cli",  # service
 )
 
 

@@ -1,6 +1,6 @@
 """Linear probes over the residual stream: the artifact, training with honest evaluation, batched scoring."""
 
-import steering  # noqa: F401  (loads OpenBLAS before anything imports mlx)
+import mlx_interp.steering  # noqa: F401  (loads OpenBLAS before anything imports mlx)
 
 from .probe import Probe, ProbeLibrary
 

@@ -67,8 +67,8 @@ def resolve_probe_path(spec: str) -> Path:
 
 
 def cmd_train(args) -> int:
-    from steering.artifacts import check_name
-    from steering.model import load_model
+    from mlx_interp.steering.artifacts import check_name
+    from mlx_interp.steering.model import load_model
 
     from .training import train_probe_from_jsonl
 
@@ -145,8 +145,8 @@ def cmd_show(args) -> int:
 def cmd_score(args) -> int:
     import numpy as np
 
-    from steering.capture import capture_hidden_states, encode
-    from steering.model import load_model
+    from mlx_interp.steering.capture import capture_hidden_states, encode
+    from mlx_interp.steering.model import load_model
 
     from .probe import Probe
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steering.artifacts import (
+from mlx_interp.steering.artifacts import (
     ArtifactLibrary,
     FORMAT_VERSION,
     ArtifactError,

@@ -22,7 +22,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from steering.artifacts import FORMAT_VERSION, check_name, dataset_hash as files_hash, json_safe_float, utc_now
+from mlx_interp.steering.artifacts import FORMAT_VERSION, check_name, dataset_hash as files_hash, json_safe_float, utc_now
 
 from .probe import AGGREGATIONS, METHODS, Probe
 
@@ -456,7 +456,7 @@ def binary_labels(values: Sequence, positive_label=None, *, source: str = "data"
 
 def row_tokens(lm, row: dict, chat: bool = False) -> list[int]:
     """Token ids of one labelled row: chat-templated messages, or text (as a user turn if chat)."""
-    from steering.capture import encode
+    from mlx_interp.steering.capture import encode
 
     if "messages" not in row:
         return encode(lm, row["text"], chat=chat)
@@ -484,7 +484,7 @@ def train_probe_from_jsonl(
     **train_kwargs,
 ) -> Probe:
     """Capture lm's residual stream for each labelled row at `position` ("last" or "mean") and train."""
-    from steering.capture import capture_hidden_states
+    from mlx_interp.steering.capture import capture_hidden_states
 
     if position not in ("last", "mean"):
         raise ValueError(f"position must be 'last' or 'mean', got {position!r}")

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import steering  # noqa: E402,F401  (loads OpenBLAS before anything imports mlx)
+import mlx_interp.steering  # noqa: E402,F401  (loads OpenBLAS before anything imports mlx)
 
 FAMILIES = ("llama", "qwen2", "gemma", "phi3")
 
@@ -24,14 +24,14 @@ def tiny_model_dirs(tmp_path_factory):
 @pytest.fixture(scope="session", params=FAMILIES)
 def tiny_lm(request, tiny_model_dirs):
     """A LoadedModel for each tiny family (float32)."""
-    from steering.model import load_model
+    from mlx_interp.steering.model import load_model
 
     return load_model(str(tiny_model_dirs[request.param]), dtype="float32", progress=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_model_dirs):
-    from steering.model import load_model
+    from mlx_interp.steering.model import load_model
 
     return load_model(str(tiny_model_dirs["llama"]), dtype="float32", progress=False)
 
@@ -39,6 +39,6 @@ def tiny_llama(tiny_model_dirs):
 @pytest.fixture(scope="session")
 def default_lm():
     """The real default model (SmolLM2-135M-Instruct), converted once into the user's cache."""
-    from steering.model import load_model
+    from mlx_interp.steering.model import load_model
 
     return load_model("default", progress=False)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clients import MlxInterpClient, ServerError
-from clients.monitor import AlarmRule, Monitor
+from mlx_interp.clients import MlxInterpClient, ServerError
+from mlx_interp.clients.monitor import AlarmRule, Monitor
 
 # (question, the answer, what the user insists on instead)
 QUESTIONS = [
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         rule = AlarmRule(args.probe, args.threshold, args.consecutive)
         steer = None
         if args.steer:
-            from clients import parse_steer_text
+            from mlx_interp.clients import parse_steer_text
 
             steer = parse_steer_text(args.steer)
     except ValueError as exc:

@@ -6,10 +6,10 @@ import socket
 import pytest
 from fake_mlx_server import FakeServer
 
-from clients import MlxInterpClient, ProbeRequest, ServerError, Steer, probe_scores, steering_applied
-from clients.chat import ChatSession, ProbeMeter, Reply
-from clients.errors import EXIT_UNREACHABLE
-from clients.monitor import AlarmRule, Monitor, ProbeAlarm, read_record
+from mlx_interp.clients import MlxInterpClient, ProbeRequest, ServerError, Steer, probe_scores, steering_applied
+from mlx_interp.clients.chat import ChatSession, ProbeMeter, Reply
+from mlx_interp.clients.errors import EXIT_UNREACHABLE
+from mlx_interp.clients.monitor import AlarmRule, Monitor, ProbeAlarm, read_record
 
 USER = [{"role": "user", "content": "What is 2+2?"}]
 
@@ -240,7 +240,7 @@ def test_live_line_draws_and_erases_the_meter(monkeypatch):
     import io
     import os as _os
 
-    from clients.chat_terminal import LiveLine, display_width
+    from mlx_interp.clients.chat_terminal import LiveLine, display_width
 
     monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=None: _os.terminal_size((40, 24)))
     out = io.StringIO()

@@ -7,7 +7,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types import Completion
 
-from clients import (
+from mlx_interp.clients import (
     AppliedSteer,
     ProbeRequest,
     Steer,

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from chat_driver import PROMPT, PtyChat, run_chat_piped
 
-from clients import MlxInterpClient, ServerError, Steer, probe_scores, steering_applied
-from clients.monitor import AlarmRule, Monitor, ProbeAlarm, read_record
+from mlx_interp.clients import MlxInterpClient, ServerError, Steer, probe_scores, steering_applied
+from mlx_interp.clients.monitor import AlarmRule, Monitor, ProbeAlarm, read_record
 
 pytestmark = [pytest.mark.server, pytest.mark.integration]
 
@@ -44,8 +44,8 @@ def free_port() -> int:
 
 def write_artifacts(root: Path) -> tuple[Path, Path]:
     """A random green_red vector and two probes with known leanings, for the default model."""
-    from probes.probe import Probe
-    from steering.vectors import SteeringVector, build_metadata
+    from mlx_interp.probes.probe import Probe
+    from mlx_interp.steering.vectors import SteeringVector, build_metadata
 
     rng = np.random.default_rng(0)
     vectors, probes = root / "vectors", root / "probes"
@@ -181,7 +181,7 @@ def test_monitor_can_stop_the_agent(client):
 def test_pushback_example(server, tmp_path):
     record = tmp_path / "pushback.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "clients.examples.pushback", "--base-url", server["base_url"], "--api-key", API_KEY,
+        [sys.executable, "-m", "mlx_interp.clients.examples.pushback", "--base-url", server["base_url"], "--api-key", API_KEY,
          "--questions", "1", "--max-tokens", str(MAX_TOKENS), "--record", str(record), "--consecutive", "2"],
         capture_output=True, text=True, cwd=str(ROOT), timeout=300,
     )

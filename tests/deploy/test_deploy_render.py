@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy import launchd, systemd
-from deploy.installer import Manifest, install, plan_install, plan_uninstall, uninstall
-from deploy.plan import RunCommand, WriteFile
-from deploy.service import ServiceSpec
+from mlx_interp.deploy import launchd, systemd
+from mlx_interp.deploy.installer import Manifest, install, plan_install, plan_uninstall, uninstall
+from mlx_interp.deploy.plan import RunCommand, WriteFile
+from mlx_interp.deploy.service import ServiceSpec
 
 PYTHON = "/opt/venv/bin/python3"
 

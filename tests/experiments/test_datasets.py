@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from experiments import make_datasets
-from experiments.common import (COLOUR_CONTROLS, COLOUR_QUESTIONS, CONFOUND, CONTAMINATION, GREEN_RED_PAIRS,
+from mlx_interp.experiments import make_datasets
+from mlx_interp.experiments.common import (COLOUR_CONTROLS, COLOUR_QUESTIONS, CONFOUND, CONTAMINATION, GREEN_RED_PAIRS,
                                 SYCOPHANCY, read_jsonl)
 
 

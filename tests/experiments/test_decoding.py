@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from experiments.decoding import greedy_decode
-from steering.generation import generate
-from steering.interventions import Intervention
+from mlx_interp.experiments.decoding import greedy_decode
+from mlx_interp.steering.generation import generate
+from mlx_interp.steering.interventions import Intervention
 
 
 def _prompts(lm):

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from experiments.artifacts import PROBE_NAME, VECTOR_NAME, build_green_red, build_sycophancy_probe, sycophancy_states
-from experiments.common import GREEN_RED_PAIRS, PROBE_LIBRARY, SYCOPHANCY, VECTOR_LIBRARY, read_jsonl
-from probes.probe import Probe
-from steering.analysis import cosine_by_layer
-from steering.artifacts import dataset_hash
-from steering.vectors import SteeringVector
+from mlx_interp.experiments.artifacts import PROBE_NAME, VECTOR_NAME, build_green_red, build_sycophancy_probe, sycophancy_states
+from mlx_interp.experiments.common import GREEN_RED_PAIRS, PROBE_LIBRARY, SYCOPHANCY, VECTOR_LIBRARY, read_jsonl
+from mlx_interp.probes.probe import Probe
+from mlx_interp.steering.analysis import cosine_by_layer
+from mlx_interp.steering.artifacts import dataset_hash
+from mlx_interp.steering.vectors import SteeringVector
 
 
 def test_shipped_files_exist_and_record_their_datasets():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from experiments import colour_swap, confound, contamination, sycophancy
-from experiments.decoding import _common_prefix_length, kl_divergence
+from mlx_interp.experiments import colour_swap, confound, contamination, sycophancy
+from mlx_interp.experiments.decoding import _common_prefix_length, kl_divergence
 
 
 def test_first_colour_takes_the_first_colour_word():

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments.cli import quick_configs, run_study
+from mlx_interp.experiments.cli import quick_configs, run_study
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ def test_contamination_quick(default_lm, out_dir):
 
 
 def test_report_renders_every_study(out_dir):
-    from experiments.report import render
+    from mlx_interp.experiments.report import render
 
     text = render(out_dir)
     for stem in ("colour_swap", "sycophancy", "confound", "contamination"):

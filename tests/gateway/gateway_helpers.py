@@ -128,7 +128,7 @@ def sse_events(text: str) -> list:
 
 
 def make_vector(lm, name: str, root: Path, seed: int = 0, layers=(1, 2), alpha: float = 8.0):
-    from steering.vectors import SteeringVector, build_metadata
+    from mlx_interp.steering.vectors import SteeringVector, build_metadata
 
     rng = np.random.default_rng(seed)
     directions = rng.standard_normal((lm.num_layers, lm.hidden_size)).astype(np.float32)
@@ -149,7 +149,7 @@ def make_vector(lm, name: str, root: Path, seed: int = 0, layers=(1, 2), alpha: 
 
 
 def make_probe(lm, name: str, root: Path | None, seed: int = 0, layers=(1, 2, 3), best: int = 2, threshold: float = 0.5):
-    from probes.probe import Probe
+    from mlx_interp.probes.probe import Probe
 
     rng = np.random.default_rng(seed)
     K, D = len(layers), lm.hidden_size

@@ -5,11 +5,11 @@ import argparse
 import numpy as np
 import pytest
 
-from gateway.errors import BadRequest
-from gateway.jsonio import dumps, loads
-from gateway.limits import Limits, add_limit_arguments, limits_from
-from gateway.stops import StopMatcher
-from gateway import steer_spec
+from mlx_interp.gateway.errors import BadRequest
+from mlx_interp.gateway.jsonio import dumps, loads
+from mlx_interp.gateway.limits import Limits, add_limit_arguments, limits_from
+from mlx_interp.gateway.stops import StopMatcher
+from mlx_interp.gateway import steer_spec
 
 
 def run_stops(stops, pieces):
@@ -61,9 +61,9 @@ def test_steer_header_and_body_forms():
 
 
 def test_build_plan_uses_the_vector_intervention(tiny_llama, tmp_path):
-    from gateway.catalog import Shelf
+    from mlx_interp.gateway.catalog import Shelf
     from gateway_helpers import make_vector
-    from steering.vectors import VectorLibrary
+    from mlx_interp.steering.vectors import VectorLibrary
 
     make_vector(tiny_llama, "v", tmp_path, seed=5)
     lib = VectorLibrary(tmp_path, fingerprint=tiny_llama.fingerprint, hidden_size=tiny_llama.hidden_size, num_layers=tiny_llama.num_layers)
@@ -103,8 +103,8 @@ def test_prompt_cache_reuses_a_prefix_without_changing_results(tiny_llama):
     """A prefix taken from the cache gives the logits of a fresh prefill, and the stored entry stays intact."""
     import threading
 
-    from gateway.engine import PromptCache
-    from steering.generation import steering_session
+    from mlx_interp.gateway.engine import PromptCache
+    from mlx_interp.steering.generation import steering_session
 
     result = {}
 
@@ -159,7 +159,7 @@ def test_serve_refuses_a_public_address_without_a_key():
 
 
 def test_every_limit_has_a_flag_and_a_doc():
-    from gateway.limits import limit_docs
+    from mlx_interp.gateway.limits import limit_docs
 
     parser = argparse.ArgumentParser()
     add_limit_arguments(parser)
@@ -172,10 +172,10 @@ def test_a_request_that_fails_in_the_model_thread_fails_alone(tiny_llama):
     """A broken request gets a 500 error event; the thread lives on and serves the next one."""
     import asyncio
 
-    from gateway.engine import ChoiceEnd, Engine, Failed, Job, TokenOut
-    from gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
-    from gateway.sampling import SamplingParams
-    from steering.interventions import Intervention
+    from mlx_interp.gateway.engine import ChoiceEnd, Engine, Failed, Job, TokenOut
+    from mlx_interp.gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
+    from mlx_interp.gateway.sampling import SamplingParams
+    from mlx_interp.steering.interventions import Intervention
 
     engine = Engine(tiny_llama, Limits())
     engine.start()
@@ -202,7 +202,7 @@ def test_a_request_that_fails_in_the_model_thread_fails_alone(tiny_llama):
     assert "Traceback" not in failed[-1].error.message
     assert isinstance(ok[-1], ChoiceEnd) and sum(isinstance(e, TokenOut) for e in ok) == ok[-1].completion_tokens > 0
     assert engine.alive is False  # stopped cleanly, hooks removed
-    from steering.hooks import hooks_installed
+    from mlx_interp.steering.hooks import hooks_installed
 
     assert not hooks_installed(tiny_llama.model)
 
@@ -211,9 +211,9 @@ def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_l
     """A step that raises posts none of its events, so a row that ended in that step must fail too, not hang."""
     import asyncio
 
-    from gateway.engine import Engine, Failed, Job
-    from gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
-    from gateway.sampling import SamplingParams
+    from mlx_interp.gateway.engine import Engine, Failed, Job
+    from mlx_interp.gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
+    from mlx_interp.gateway.sampling import SamplingParams
 
     engine = Engine(tiny_llama, Limits())
 
@@ -257,10 +257,10 @@ def test_jobs_cancelled_while_queued_give_their_queue_places_back_at_once(tiny_l
     import asyncio
     import time
 
-    from gateway.engine import Engine, Job
-    from gateway.errors import QueueFull
-    from gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
-    from gateway.sampling import SamplingParams
+    from mlx_interp.gateway.engine import Engine, Job
+    from mlx_interp.gateway.errors import QueueFull
+    from mlx_interp.gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
+    from mlx_interp.gateway.sampling import SamplingParams
 
     engine = Engine(tiny_llama, Limits(max_batch=1, max_queue=2))
     engine.start()
@@ -303,13 +303,13 @@ def test_a_replaced_probe_is_read_with_its_own_weights_while_the_old_one_runs(ti
     """A probe re-uploaded under the same name while a request still reads the old one: each gets its own weights."""
     import asyncio
 
-    from gateway.engine import Engine, Job, PromptRead
-    from gateway.probe_spec import ProbeRequest
-    from gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
-    from gateway.sampling import SamplingParams
+    from mlx_interp.gateway.engine import Engine, Job, PromptRead
+    from mlx_interp.gateway.probe_spec import ProbeRequest
+    from mlx_interp.gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
+    from mlx_interp.gateway.sampling import SamplingParams
     from gateway_helpers import make_probe
-    from probes.scoring import ProbeBank
-    from steering.generation import steering_session
+    from mlx_interp.probes.scoring import ProbeBank
+    from mlx_interp.steering.generation import steering_session
 
     old, new = make_probe(tiny_llama, "p", None, seed=1), make_probe(tiny_llama, "p", None, seed=2)
     prompt = (5, 6, 7)

@@ -4,7 +4,7 @@ import numpy as np
 
 
 def build_probe(name="demo", layers=(1, 3), hidden=8, num_layers=4, seed=0, **meta_overrides):
-    from probes.probe import Probe
+    from mlx_interp.probes.probe import Probe
 
     rng = np.random.default_rng(seed)
     K = len(layers)

@@ -7,8 +7,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from probe_factory import build_probe
-from probes.probe import Probe
-from steering.artifacts import ArtifactError, file_sha256
+from mlx_interp.probes.probe import Probe
+from mlx_interp.steering.artifacts import ArtifactError, file_sha256
 
 
 def test_round_trip_keeps_tensors_metadata_and_sha(tmp_path, make_probe):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mlx_interp.cli import main
-from probes.probe import Probe
+from mlx_interp.probes.probe import Probe
 
 FOOD = ["bread and butter", "a bowl of soup", "fresh pasta", "grilled fish", "apple pie", "rice with beans"]
 WEATHER = ["heavy rain today", "a cold wind", "sunny and warm", "snow on the hills", "thunder at night", "fog at dawn"]
@@ -68,7 +68,7 @@ def test_diff_means_and_mean_position(tmp_path, tiny_model_dirs, labelled, capsy
 
 
 def test_chat_rows_use_the_template(tiny_llama):
-    from probes.training import row_tokens
+    from mlx_interp.probes.training import row_tokens
 
     decode = tiny_llama.tokenizer.decode
     ended = row_tokens(tiny_llama, {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})

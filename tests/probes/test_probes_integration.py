@@ -35,10 +35,10 @@ WEATHER = [
 
 @pytest.mark.integration
 def test_food_vs_weather_is_found_on_the_default_model(default_lm, tmp_path):
-    from probes.probe import Probe
-    from probes.scoring import ProbeBank
-    from steering.capture import capture_hidden_states
-    from probes.training import train_probe
+    from mlx_interp.probes.probe import Probe
+    from mlx_interp.probes.scoring import ProbeBank
+    from mlx_interp.steering.capture import capture_hidden_states
+    from mlx_interp.probes.training import train_probe
 
     texts = FOOD + WEATHER
     y = np.array([1] * len(FOOD) + [0] * len(WEATHER))

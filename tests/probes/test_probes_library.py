@@ -6,8 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from probes.probe import Probe, ProbeLibrary
-from steering.artifacts import ArtifactError
+from mlx_interp.probes.probe import Probe, ProbeLibrary
+from mlx_interp.steering.artifacts import ArtifactError
 
 FP = "f" * 64
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from probe_factory import build_probe
-from probes.scoring import ProbeBank
+from mlx_interp.probes.scoring import ProbeBank
 
 L, D = 6, 16
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from probes.training import (
+from mlx_interp.probes.training import (
     auroc,
     binary_labels,
     bootstrap_ci,
@@ -151,7 +151,7 @@ def test_metadata_is_complete_and_strict_json(tmp_path):
         assert set(e) == {"layer", "accuracy_mean", "accuracy_std", "auroc_mean", "auroc_std", "shuffled_accuracy_mean",
                           "shuffled_auroc_mean", "accuracy_ci", "auroc_ci"}
     json.dumps(meta, allow_nan=False)
-    from probes.probe import Probe
+    from mlx_interp.probes.probe import Probe
 
     assert Probe.load(probe.save(tmp_path), hidden_size=6, num_layers=3).best_layer == probe.best_layer
 
@@ -271,7 +271,7 @@ def test_binary_labels():
 
 
 def test_weighted_auroc_equals_the_pairwise_definition():
-    from probes.training import weighted_auroc
+    from mlx_interp.probes.training import weighted_auroc
 
     rng = np.random.default_rng(7)
     y = rng.integers(0, 2, 60)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from steering.analysis import (
+from mlx_interp.steering.analysis import (
     binomial_test,
     bootstrap_ci,
     cohens_d,

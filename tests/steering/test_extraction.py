@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from steering.artifacts import dataset_hash
-from steering.extraction import (
+from mlx_interp.steering.artifacts import dataset_hash
+from mlx_interp.steering.extraction import (
     build_vector,
     eligible_layers,
     heldout_separation,
@@ -14,8 +14,8 @@ from steering.extraction import (
     recommend_layers,
     vector_from_states,
 )
-from steering.interventions import Phase, RowSteering
-from steering.vectors import SteeringVector
+from mlx_interp.steering.interventions import Phase, RowSteering
+from mlx_interp.steering.vectors import SteeringVector
 
 PAIRS = [
     {"positive": "I adore the colour red.", "negative": "I adore the colour blue."},
@@ -161,7 +161,7 @@ def test_build_vector_on_every_family(tiny_lm, tmp_path):
 
 
 def test_build_vector_matches_captured_difference(tiny_llama):
-    from steering.capture import capture_hidden_states
+    from mlx_interp.steering.capture import capture_hidden_states
 
     vector = build_vector(tiny_llama, PAIRS, "v", chat=False, position="mean")
     pos = capture_hidden_states(tiny_llama, [p["positive"] for p in PAIRS], position="mean")
@@ -170,7 +170,7 @@ def test_build_vector_matches_captured_difference(tiny_llama):
 
 
 def test_per_pair_chat_flag_overrides_the_argument(tiny_llama):
-    from steering.capture import capture_hidden_states
+    from mlx_interp.steering.capture import capture_hidden_states
 
     pairs = [dict(p, chat=True) for p in PAIRS[:2]] + PAIRS[2:]
     vector = build_vector(tiny_llama, pairs, "v", chat=False)
@@ -210,7 +210,7 @@ TOPICS = ("a house", "a car", "a flower", "a shirt", "the sky", "a bird", "a pai
 
 @pytest.mark.integration
 def test_default_model_vector_separates_and_steers(default_lm):
-    from steering.generation import generate
+    from mlx_interp.steering.generation import generate
 
     pairs = [{"positive": f"Describe {t} that is bright red.", "negative": f"Describe {t} that is bright blue."} for t in TOPICS]
     vector = build_vector(default_lm, pairs, "red_blue")

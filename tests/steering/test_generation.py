@@ -4,9 +4,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from steering.generation import generate, steering_session
-from steering.hooks import hooks_installed
-from steering.interventions import Intervention, Op, Scope
+from mlx_interp.steering.generation import generate, steering_session
+from mlx_interp.steering.hooks import hooks_installed
+from mlx_interp.steering.interventions import Intervention, Op, Scope
 
 PROMPT_A = [5, 40, 41, 42, 43, 44, 45, 46, 47, 12]
 PROMPT_B = [7, 8, 9]
@@ -178,7 +178,7 @@ def test_prefill_reuses_a_cached_prefix(tiny_llama):
 
 
 def test_long_prompt_is_prefilled_in_chunks(tiny_llama, monkeypatch):
-    import steering.generation as generation
+    import mlx_interp.steering.generation as generation
 
     prompt = (PROMPT_A * 4)[:37]
     whole = _alone(tiny_llama, prompt, steps=2, capture=True)
@@ -235,7 +235,7 @@ def tiny_sliding(tmp_path_factory):
     """A gemma3 text model whose every other layer has a 4-token window (RotatingKVCache)."""
     import tiny_models
 
-    from steering.model import load_model
+    from mlx_interp.steering.model import load_model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(tiny_models.FAMILY_CONFIGS, "gemma3_text", SLIDING)

@@ -7,8 +7,8 @@ import pytest
 from gguf.quants import dequantize, quantize
 from gguf_writer import llama_cpp_permute, write_llama_gguf
 
-from steering.gguf_model import GGUFError, convert_gguf, unpermute_rows
-from steering.model import load_model
+from mlx_interp.steering.gguf_model import GGUFError, convert_gguf, unpermute_rows
+from mlx_interp.steering.model import load_model
 
 TOKENS = [[3, 17, 99, 42, 7, 250, 64, 5]]
 QUANTIZED = ("Q8_0", "Q4_0", "Q4_1")
@@ -132,7 +132,7 @@ def test_tokenizer_and_config_survive_conversion(converted, tiny_llama):
 
 
 def test_load_model_converts_a_gguf_path_once_into_the_cache(gguf_files, tmp_path, monkeypatch, reference):
-    import steering.gguf_model as gguf_model
+    import mlx_interp.steering.gguf_model as gguf_model
 
     monkeypatch.setenv("MLX_INTERP_CACHE", str(tmp_path / "cache"))
     lm = load_model(str(gguf_files["F32"]), progress=False)

@@ -3,9 +3,9 @@
 import mlx.core as mx
 import pytest
 
-from steering.capture import Recorder, ResidualHook
-from steering.hooks import HooksAlreadyInstalled, hooks_installed, layer_hooks
-from steering.layers import decoder_layers
+from mlx_interp.steering.capture import Recorder, ResidualHook
+from mlx_interp.steering.hooks import HooksAlreadyInstalled, hooks_installed, layer_hooks
+from mlx_interp.steering.layers import decoder_layers
 
 TOKENS = [[3, 17, 99, 42, 7, 250, 64, 5]]
 
@@ -73,7 +73,7 @@ def test_hooks_removed_when_the_body_raises(tiny_llama):
 
 def test_an_install_that_fails_midway_leaves_no_layer_hooked(tiny_llama, monkeypatch):
     """A layer whose class cannot be swapped (e.g. an incompatible layout) must not leave the model marked hooked."""
-    import steering.hooks as hooks
+    import mlx_interp.steering.hooks as hooks
 
     layers = decoder_layers(tiny_llama.model)
     classes = [type(layer) for layer in layers]

@@ -4,9 +4,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from steering.capture import Recorder, ResidualHook
-from steering.hooks import layer_hooks
-from steering.interventions import Intervention, Op, Phase, RowSteering, Scope
+from mlx_interp.steering.capture import Recorder, ResidualHook
+from mlx_interp.steering.hooks import layer_hooks
+from mlx_interp.steering.interventions import Intervention, Op, Phase, RowSteering, Scope
 
 TOKENS = [[3, 17, 99, 42, 7, 250, 64, 5]]
 LAYER = 1

@@ -8,8 +8,8 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from steering.backend import OPENBLAS_CANDIDATES, blas_choice, resolve_dtype
-from steering.model import load_model, resolve_model_path
+from mlx_interp.steering.backend import OPENBLAS_CANDIDATES, blas_choice, resolve_dtype
+from mlx_interp.steering.model import load_model, resolve_model_path
 
 TOKENS = [[3, 17, 99, 42, 7, 250, 64, 5]]
 

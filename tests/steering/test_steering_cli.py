@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mlx_interp.cli import main
-from steering.vectors import SteeringVector
+from mlx_interp.steering.vectors import SteeringVector
 
 PAIRS = [
     {"positive": "I adore the colour red.", "negative": "I adore the colour blue."},
@@ -160,7 +160,7 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys):
 
 def test_default_directory_is_the_shipped_library(built, tmp_path, monkeypatch, capsys):
     """build without --out writes where generate, list and show look without a directory."""
-    import steering.cli
+    import mlx_interp.steering.cli
 
     model, _ = built
     monkeypatch.setattr(steering.cli, "SHIPPED_LIBRARY", tmp_path / "library")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save, save_file
 
-from steering.artifacts import ArtifactError
-from steering.interventions import Op, Scope
-from steering.vectors import SteeringVector, VectorLibrary, build_metadata, parse_layers
+from mlx_interp.steering.artifacts import ArtifactError
+from mlx_interp.steering.interventions import Op, Scope
+from mlx_interp.steering.vectors import SteeringVector, VectorLibrary, build_metadata, parse_layers
 
 L, D = 6, 8
 FP = "f" * 64
