@@ -14,9 +14,9 @@ So the Python work of step t overlaps the forward pass of step t+1, as in
 mlx_lm.generate_step. A row that finished in step t costs one wasted row in
 step t+1.
 
-Probe readings: a token's reading is the residual stream after the model has
-read that token, which comes out of the step that feeds the token. Rows with
-probes therefore emit each token one step later, together with its reading.
+The pieces around the loop have modules of their own: events.py (what goes
+back to the event loop), rows.py (per-row output: detokenizing, stops,
+logprob text), prompt_cache.py and probe_upkeep.py.
 """
 
 from __future__ import annotations
@@ -24,112 +24,27 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
 from mlx_interp.steering.generation import steering_session
-from mlx_interp.steering.interventions import Phase
 
-from .errors import APIError, QueueFull, Unavailable, as_api_error
+from .errors import QueueFull, Unavailable, as_api_error
+from .events import ChoiceEnd, Failed, Job, PromptRead
 from .limits import Limits
-from .protocol import ChoiceSpec, GenerationSpec
+from .probe_upkeep import BankKeeper
+from .prompt_cache import PromptCache, prompt_key
+from .protocol import ChoiceSpec
+from .rows import RowState, TokenTexts
 from .sampling import RowSampler, Sampled, sample
 from .stops import StopMatcher
 
 log = logging.getLogger("mlx_interp.gateway")
 
 RETRY_AFTER_S = 1  # what a 429 tells the client to wait
-
-
-# -- events sent to the event loop ------------------------------------------------------
-
-
-@dataclass
-class PromptRead:
-    index: int
-    reading: np.ndarray | None  # (P, L) at the last prompt token
-    token_readings: list  # (P, L) per prompt token, when echo asked for them
-    cached_tokens: int = 0
-
-
-@dataclass
-class TokenOut:
-    index: int
-    token: int
-    text: str  # text safe to show now (stop strings held back)
-    token_text: str  # the token alone, for logprobs
-    logprob: float | None
-    top: list  # [(token_text, logprob)]
-    reading: np.ndarray | None  # (P, L)
-
-
-@dataclass
-class ChoiceEnd:
-    index: int
-    finish_reason: str
-    completion_tokens: int
-    text: str = ""  # the last text held back, if any
-
-
-@dataclass
-class Failed:
-    error: APIError
-
-
-# -- requests in the engine ------------------------------------------------------------------
-
-
-class Job:
-    """One request: its spec, and where its events go. `cancelled` is set by the event loop."""
-
-    def __init__(self, spec: GenerationSpec, loop, events):
-        self.spec = spec
-        self.loop = loop
-        self.events = events  # asyncio.Queue, filled with lists of events
-        self.cancelled = False
-        self.open_choices = len(spec.choices)
-
-    def post(self, items: list) -> None:
-        if items:
-            try:
-                self.loop.call_soon_threadsafe(self.events.put_nowait, items)
-            except RuntimeError:  # the loop closed (server shutting down)
-                self.cancelled = True
-
-
-def prompt_key(interventions) -> tuple:
-    """Identity of the steering a prompt is processed with: caches are shared only between equal keys."""
-    return tuple(
-        (iv.key, iv.op.value, iv.alpha, iv.layers, iv.value) for iv in interventions if iv.active_in(Phase.PROMPT)
-    )
-
-
-@dataclass(eq=False)
-class RowState:
-    job: Job
-    choice: ChoiceSpec
-    sampler: RowSampler
-    detok: object
-    stops: StopMatcher
-    probe_names: tuple[str, ...]
-    generated: int = 0
-    first: bool = True
-    held: tuple | None = None  # (token, logprob, top) waiting for its reading
-    draining: bool = False  # reached max_tokens; one more step to read the held token
-    done: bool = False
-    _columns: tuple = (None, [])  # (bank, this row's probe columns in it): looked up once per bank
-
-    @property
-    def wants_probes(self) -> bool:
-        return bool(self.probe_names)
-
-    def columns(self, bank) -> list[int]:
-        if self._columns[0] is not bank:
-            self._columns = (bank, [bank.index(n) for n in self.probe_names])
-        return self._columns[1]
 
 
 @dataclass
@@ -147,61 +62,6 @@ class Part:
         return Part([self.rows[i] for i in keep], self.sampled.take(idx), scores, self.bank)
 
 
-# -- prompt cache -------------------------------------------------------------------------
-
-
-class PromptCache:
-    """LRU of prompt KV caches keyed by (prompt steering, tokens); reused for the longest shared prefix."""
-
-    def __init__(self, entries: int):
-        self.entries = entries
-        self._store: OrderedDict[tuple, list] = OrderedDict()
-
-    def lookup(self, steer_key: tuple, tokens) -> tuple[list | None, int]:
-        best, best_len = None, 0
-        for key, cache in self._store.items():
-            if key[0] != steer_key:
-                continue
-            shared = _common_prefix(key[1], tokens)
-            if shared > best_len:
-                best, best_len = key, shared
-        if best is None:
-            return None, 0
-        self._store.move_to_end(best)
-        cached = self._store[best]
-        return [_copy_kv(c, best_len) for c in cached], best_len
-
-    def store(self, steer_key: tuple, tokens, cache: list) -> None:
-        from mlx_lm.models.cache import KVCache
-
-        if self.entries <= 0 or not all(type(c) is KVCache for c in cache):
-            return  # sliding-window and recurrent caches cannot be trimmed back to a prefix
-        key = (steer_key, tuple(tokens))
-        self._store[key] = cache
-        self._store.move_to_end(key)
-        while len(self._store) > self.entries:
-            self._store.popitem(last=False)
-
-
-def _common_prefix(a, b) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _copy_kv(c, length: int):
-    """A KVCache holding the first `length` positions of c, sharing nothing writable with it."""
-    from mlx_lm.models.cache import KVCache
-
-    out = KVCache()
-    out.keys = c.keys[..., :length, :]
-    out.values = c.values[..., :length, :]
-    out.offset = length
-    return out
-
-
 # -- the engine ------------------------------------------------------------------------------
 
 
@@ -214,11 +74,10 @@ class Engine:
         self._waiting: deque[Job] = deque()
         self._queued = 0  # submitted, not yet admitted (guarded by _lock)
         self._lock = threading.Lock()
-        self._eos = set(lm.tokenizer.eos_token_ids)
+        self._eos = frozenset(lm.tokenizer.eos_token_ids)
         self._prompt_cache = PromptCache(limits.prompt_cache_entries)
-        self._bank = None
-        self._bank_key: tuple = ()
-        self._token_text: dict[int, str] = {}
+        self._probes = BankKeeper(lm.num_layers, lm.hidden_size)
+        self._texts = TokenTexts(lm.tokenizer)
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="mlx-interp-model", daemon=True)
@@ -316,10 +175,10 @@ class Engine:
         capture = any(r.wants_probes for r in rows)
         logits, hidden = self._batch.step(tokens, capture=capture)
         sampled = sample(logits, [r.sampler for r in rows])
-        scores = self._bank.scores(hidden) if capture else None
+        scores = self._probes.bank.scores(hidden) if capture else None
         mx.async_eval(sampled.arrays() + ([scores] if scores is not None else []))
         self.steps += 1
-        return [Part(list(rows), sampled, scores, self._bank if capture else None)]
+        return [Part(list(rows), sampled, scores, self._probes.bank if capture else None)]
 
     def _consume(self, parts: list[Part]) -> None:
         outbox: dict[Job, list] = {}
@@ -344,50 +203,10 @@ class Engine:
                 top = []
                 if top_ids is not None and row.sampler.params.top_logprobs:
                     pairs = sorted(zip(top_lps[i], top_ids[i]), reverse=True)[: row.sampler.params.top_logprobs]
-                    top = [(self._text_of(t), v) for v, t in pairs]
-                self._advance(row, tokens[i], lp, top, reading, events)
+                    top = [(self._texts(t), v) for v, t in pairs]
+                row.advance(tokens[i], lp, top, reading, events)
         for job, events in outbox.items():
             job.post(events)
-
-    def _advance(self, row: RowState, token: int, logprob, top, reading, events: list) -> None:
-        if row.first:
-            row.first = False  # the prompt's reading went out with PromptRead
-        elif row.held is not None:
-            held, row.held = row.held, None
-            self._emit(row, *held, reading, events)
-            if row.done:
-                return
-            if row.draining:
-                return self._finish(row, "length", events)
-        if token in self._eos:
-            return self._finish(row, "stop", events)
-        row.generated += 1
-        if row.wants_probes:
-            row.held = (token, logprob, top)
-            row.draining = row.generated >= row.job.spec.max_tokens
-            return
-        self._emit(row, token, logprob, top, None, events)
-        if not row.done and row.generated >= row.job.spec.max_tokens:
-            self._finish(row, "length", events)
-
-    def _emit(self, row: RowState, token: int, logprob, top, reading, events: list) -> None:
-        row.detok.add_token(token)
-        text, stopped = row.stops.feed(row.detok.last_segment)
-        events.append(TokenOut(row.choice.index, token, text, self._text_of(token), logprob, top, reading))
-        if stopped:
-            self._finish(row, "stop", events, flush=False)
-
-    def _finish(self, row: RowState, reason: str, events: list, flush: bool = True) -> None:
-        tail = ""
-        if flush:
-            row.detok.finalize()
-            tail, stopped = row.stops.feed(row.detok.last_segment)
-            if stopped:
-                reason = "stop"
-            else:
-                tail += row.stops.flush()
-        row.done = True
-        events.append(ChoiceEnd(row.choice.index, reason, row.generated, tail))
 
     def _drop_finished(self, nxt: list[Part] | None) -> list[Part] | None:
         rows = self._batch.uids
@@ -418,7 +237,7 @@ class Engine:
             rows_needed = len(job.spec.choices) if job.spec.max_tokens > 0 else 0
             if rows_needed > room and len(self._batch) > 0:
                 break  # wait for rows to finish; a request larger than the batch runs alone
-            if self._probe_replaced(job):
+            if self._probes.replaced(self._running_specs(), job.spec):
                 break  # the bank holds one probe per name: wait for the rows reading the old one
             self._waiting.popleft()
             with self._lock:
@@ -437,12 +256,8 @@ class Engine:
         self.batch_size = len(self._batch)
         return parts or None
 
-    def _probe_replaced(self, job: Job) -> bool:
-        """Does job name a probe that was re-uploaded since running rows took their copy of it?"""
-        if not job.spec.probes:
-            return False
-        running = {r.name: r.probe for row in self._batch.uids for r in row.job.spec.probes}
-        return any(running.get(r.name, r.probe) is not r.probe for r in job.spec.probes)
+    def _running_specs(self) -> list:
+        return list({id(row.job): row.job.spec for row in self._batch.uids}.values())
 
     def _forget_cancelled(self) -> None:
         """Jobs whose client left while queued go at once: they must not hold a queue place or block the line."""
@@ -457,7 +272,7 @@ class Engine:
         spec = job.spec
         names = tuple(r.name for r in spec.probes)
         if names:
-            self._ensure_bank(extra=spec.probes)
+            self._probes.ensure(self._running_specs(), extra=spec.probes)
         groups: dict[tuple, list[ChoiceSpec]] = {}
         for c in spec.choices:
             groups.setdefault((c.prompt, prompt_key(c.interventions)), []).append(c)
@@ -471,10 +286,11 @@ class Engine:
                 self._prompt_cache.store(steer_key, tokens, pre.cache)
             reading, token_readings = None, []
             if names:
-                cols = [self._bank.index(n) for n in names]
-                reading = np.array(self._bank.scores(pre.hidden_last[None]))[0][:, cols].T
+                bank = self._probes.bank
+                cols = [bank.index(n) for n in names]
+                reading = np.array(bank.scores(pre.hidden_last[None]))[0][:, cols].T
                 if echo_scores:
-                    per_token = np.array(self._bank.scores(pre.hidden_all))[:, :, cols]  # (T, L, P)
+                    per_token = np.array(bank.scores(pre.hidden_all))[:, :, cols]  # (T, L, P)
                     token_readings = [per_token[t].T for t in range(per_token.shape[0])]
             for c in choices:
                 events.append(PromptRead(c.index, reading, token_readings, cached))
@@ -488,6 +304,8 @@ class Engine:
                     detok=self.lm.tokenizer.detokenizer,
                     stops=StopMatcher(spec.stop),
                     probe_names=names,
+                    eos=self._eos,
+                    texts=self._texts,
                 )
                 first = sample(pre.logits[None], [row.sampler])
                 mx.async_eval(first.arrays())
@@ -495,28 +313,6 @@ class Engine:
                 parts.append(Part([row], first))
         job.post(events)
         return parts
-
-    def _ensure_bank(self, extra=()) -> None:
-        """A ProbeBank over every probe that running rows and the new request ask for (one matmul per step)."""
-        from mlx_interp.probes.scoring import ProbeBank
-
-        wanted: dict[str, object] = {}
-        for row in self._batch.uids:
-            for r in row.job.spec.probes:
-                wanted.setdefault(r.name, r.probe)
-        for r in extra:
-            wanted.setdefault(r.name, r.probe)
-        key = tuple(sorted((n, id(p)) for n, p in wanted.items()))
-        if key != self._bank_key or self._bank is None:
-            self._bank = ProbeBank(list(wanted.values()), self.lm.num_layers, self.lm.hidden_size)
-            self._bank_key = key
-
-    def _text_of(self, token: int) -> str:
-        text = self._token_text.get(token)
-        if text is None:
-            text = self.lm.tokenizer.decode([token])
-            self._token_text[token] = text
-        return text
 
 
 def _vocab_size(lm) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from starlette.responses import StreamingResponse
 
-from .engine import ChoiceEnd, Failed, Job, PromptRead, TokenOut
+from .events import ChoiceEnd, Failed, Job, PromptRead, TokenOut
 from .jsonio import dumps
 from .probe_spec import ProbeReadings
 from .protocol import (

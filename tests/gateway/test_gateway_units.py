@@ -103,7 +103,7 @@ def test_prompt_cache_reuses_a_prefix_without_changing_results(tiny_llama):
     """A prefix taken from the cache gives the logits of a fresh prefill, and the stored entry stays intact."""
     import threading
 
-    from mlx_interp.gateway.engine import PromptCache
+    from mlx_interp.gateway.prompt_cache import PromptCache
     from mlx_interp.steering.generation import steering_session
 
     result = {}
@@ -172,7 +172,8 @@ def test_a_request_that_fails_in_the_model_thread_fails_alone(tiny_llama):
     """A broken request gets a 500 error event; the thread lives on and serves the next one."""
     import asyncio
 
-    from mlx_interp.gateway.engine import ChoiceEnd, Engine, Failed, Job, TokenOut
+    from mlx_interp.gateway.engine import Engine
+    from mlx_interp.gateway.events import ChoiceEnd, Failed, Job, TokenOut
     from mlx_interp.gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
     from mlx_interp.gateway.sampling import SamplingParams
     from mlx_interp.steering.interventions import Intervention
@@ -207,12 +208,14 @@ def test_a_request_that_fails_in_the_model_thread_fails_alone(tiny_llama):
     assert not hooks_installed(tiny_llama.model)
 
 
-def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_llama):
+def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_llama, monkeypatch):
     """A step that raises posts none of its events, so a row that ended in that step must fail too, not hang."""
     import asyncio
 
-    from mlx_interp.gateway.engine import Engine, Failed, Job
+    from mlx_interp.gateway.engine import Engine
+    from mlx_interp.gateway.events import Failed, Job
     from mlx_interp.gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
+    from mlx_interp.gateway.rows import RowState
     from mlx_interp.gateway.sampling import SamplingParams
 
     engine = Engine(tiny_llama, Limits())
@@ -224,14 +227,14 @@ def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_l
     async def run():
         loop = asyncio.get_running_loop()
         short, broken = Job(spec(1), loop, asyncio.Queue()), Job(spec(4), loop, asyncio.Queue())
-        emit = engine._emit
+        emit = RowState._emit
 
         def failing_emit(row, *args):
             if row.job is broken:
                 raise RuntimeError("detokenizer exploded")
             return emit(row, *args)
 
-        engine._emit = failing_emit
+        monkeypatch.setattr(RowState, "_emit", failing_emit)
         for job in (short, broken):  # queued before the thread starts, so both join the same step
             engine._queued += 1
             engine._inbox.put(job)
@@ -257,7 +260,8 @@ def test_jobs_cancelled_while_queued_give_their_queue_places_back_at_once(tiny_l
     import asyncio
     import time
 
-    from mlx_interp.gateway.engine import Engine, Job
+    from mlx_interp.gateway.engine import Engine
+    from mlx_interp.gateway.events import Job
     from mlx_interp.gateway.errors import QueueFull
     from mlx_interp.gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
     from mlx_interp.gateway.sampling import SamplingParams
@@ -303,7 +307,8 @@ def test_a_replaced_probe_is_read_with_its_own_weights_while_the_old_one_runs(ti
     """A probe re-uploaded under the same name while a request still reads the old one: each gets its own weights."""
     import asyncio
 
-    from mlx_interp.gateway.engine import Engine, Job, PromptRead
+    from mlx_interp.gateway.engine import Engine
+    from mlx_interp.gateway.events import Job, PromptRead
     from mlx_interp.gateway.probe_spec import ProbeRequest
     from mlx_interp.gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
     from mlx_interp.gateway.sampling import SamplingParams
