@@ -16,9 +16,7 @@ import mlx_interp.steering  # noqa: F401  (BLAS before mlx)
 
 PROMPTS = [
     "What colour is fresh grass? Answer with one word.",
-    "What colour is a fire truck? Answer with one word.",
     "Describe a walk in the park in one sentence.",
-    "What is the capital of France?",
 ]
 
 
@@ -40,6 +38,8 @@ def measure(lm, vector, layer_sets: dict[str, tuple[int, ...]], alpha: float, pr
         lp = np.array(logits - mx.logsumexp(logits))
         return lp, states
 
+    encoded = [encode(lm, prompt, chat=True) for prompt in prompts]
+    baseline = [run(ids, []) for ids in encoded]  # once per prompt, shared by every layer set
     out = {}
     for label, layers in layer_sets.items():
         kw = {"alpha_unit": unit} if unit is not None else {"alpha_unit": vector.alpha_unit}
@@ -47,9 +47,7 @@ def measure(lm, vector, layer_sets: dict[str, tuple[int, ...]], alpha: float, pr
         last = max(layers)
         v = vector.directions[last].astype(np.float64)
         realised, kls = [], []
-        for prompt in prompts:
-            ids = encode(lm, prompt, chat=True)
-            lp0, s0 = run(ids, [])
+        for ids, (lp0, s0) in zip(encoded, baseline):
             lp1, s1 = run(ids, [iv])
             realised.append(float((s1[last] - s0[last]) @ v / (v @ v)))
             p0 = np.exp(lp0)
@@ -78,13 +76,13 @@ def main():
     band = vec.recommended_layers
     L = lm.num_layers
     sets = {
-        "first": (band[0],),
         "last": (band[-1],),
         "band": band,
         "0-band_end": tuple(range(0, band[-1] + 1)),
         "all": tuple(range(L)),
     }
-    print(json.dumps(measure(lm, vec, sets, args.alpha, unit=args.unit), indent=1))
+    for unit in ([args.unit] if args.unit else ["class_mean_total", "per_layer"]):
+        print(unit, json.dumps(measure(lm, vec, sets, args.alpha, unit=unit), indent=1), flush=True)
 
 
 if __name__ == "__main__":
