@@ -61,10 +61,13 @@ def build_gateway(args: argparse.Namespace):
 def example_curl(url: str, gateway) -> str:
     import json
 
-    body = {"model": "default", "messages": [{"role": "user", "content": "What colour is grass?"}], "max_tokens": 32}
+    body = {"model": "default", "messages": [{"role": "user", "content": "What colour is grass? Answer in one short sentence."}],
+            "max_tokens": 16, "temperature": 0}
     vectors, probes = gateway.vectors.names(), gateway.probes.names()
     if vectors:
-        body["steer"] = {vectors[0]: gateway.vectors.get(vectors[0]).default_alpha}
+        # unsteered and steered side by side: choice 0 gets alpha 0, choice 1 the vector's (calibrated) default
+        body["n"] = 2
+        body["steer"] = [{"vector": vectors[0], "alpha": [0, gateway.vectors.get(vectors[0]).default_alpha]}]
     if probes:
         body["probes"] = [probes[0]]
     auth = " -H 'Authorization: Bearer $MLX_INTERP_API_KEY'" if gateway.keys.api_key else ""
