@@ -13,10 +13,12 @@ shift toward "red" forward as a shift toward "red" in later layers' own units,
 rotated with the concept's direction, so a layer's add counts by its alignment
 with the last layer's direction. For one layer c = alpha; for k parallel
 directions c = alpha / k. Measured on SmolLM2-135M with green_red at alpha 1.5
-(bench/alpha_unit_check.py; docs/steering.md): the shift at the last steered
-layer along its class-mean difference is about 1.5 for layer 17 alone, 12-17,
-0-17 and all 30 layers. Counting each add by its projection on v_L instead
-(ignoring that directions rotate with depth) gave 3.3 for all 30 layers.
+(bench/alpha_unit_check.py; docs/steering.md), the shift at the last steered
+layer along its class-mean difference: 1.50 for layer 17 alone, 1.48 for
+12-17, 1.32 for 0-17, 2.08 for all 30 layers (layers 0-22 have cosine 0.2-0.3
+with layer 29's direction, yet the model carries their push into it more than
+their cosine credits). Counting each add by its projection on v_L instead gave
+3.3 for all 30 layers.
 Imported llama.cpp / repeng control vectors have no class means and keep
 llama.cpp's meaning (`AlphaUnit.PER_LAYER`): c = alpha at every layer.
 
