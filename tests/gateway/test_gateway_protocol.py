@@ -57,8 +57,10 @@ def test_start_reports_refused_artifacts_and_a_working_curl_line(tiny_server, cl
     data = client.post("/v1/chat/completions", json=body).json()
     assert body["n"] == 2 and body["temperature"] == 0 and len(data["choices"]) == 2
     assert data["steering"]["applied"][0]["alpha"] == [0, -6.0]
-    names = [v["name"] for v in client.get("/v1/steering/vectors").json()["data"]]
-    assert names == ["pull", "push"]
+    listed = client.get("/v1/steering/vectors").json()["data"]
+    assert [v["name"] for v in listed] == ["pull", "push"]
+    # uncalibrated vectors are served and say so; random test directions keep the per-layer unit
+    assert all(v["calibrated"] is False and v["alpha_unit"] == "per_layer" for v in listed)
 
 
 def test_models_list_has_default_real_id_and_presets(client):
