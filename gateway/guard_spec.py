@@ -37,7 +37,7 @@ class Action(str, Enum):
 
 
 class Position(str, Enum):
-    """Where a probe is read (api.md section 4); a probe without the field is read at every token."""
+    """Where a probe is read (api.md section 4, probes.positions)."""
 
     PROMPT_LAST = "prompt_last"
     TOKEN = "token"
@@ -47,15 +47,9 @@ class Position(str, Enum):
 GUARDABLE = (Position.PROMPT_LAST, Position.TOKEN)
 
 
-READ_POSITIONS = {p.value for p in Position}
-
-
 def probe_position(probe) -> Position:
-    """Where the server reads `probe`. Older probes say where they were *trained* ("last", "mean")
-    or nothing; the server reads those at every token, so guards judge them per token too."""
-    value = getattr(probe, "position", None) or probe.metadata.get("position")
-    value = getattr(value, "value", value)
-    return Position(value) if value in READ_POSITIONS else Position.TOKEN
+    """Where the server reads `probe` (probes.positions: declared, legacy names mapped, none = every token)."""
+    return Position(probe.position)
 
 
 @dataclass(frozen=True)

@@ -151,8 +151,9 @@ class Run:
                             item["logprobs"] = {"content": [chat_logprob_entry(*entry)], "refusal": None}
                         else:
                             item["logprobs"] = text_logprobs([entry], 0, spec.sampling.top_logprobs > 0)
-                    if ev.reading is not None:
-                        item["probes"] = self.choices[ev.index].readings.best(ev.reading)
+                    live = self.choices[ev.index].readings.best(ev.reading) if ev.reading is not None else None
+                    if live:  # token probes only: the others are read once, in the final chunk
+                        item["probes"] = live
                     if ev.guard:
                         item["guard"] = {"fired": ev.guard}
                     if ev.text or "logprobs" in item or "probes" in item or "guard" in item:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .aggregation import AGGREGATIONS, DEFAULT_EMA_WINDOW
+from .positions import POSITIONS
+
 LIBRARY_DIR = Path(__file__).resolve().parent / "library"  # probes shipped with the package
 SHOWN_FIELDS = (
     "labels", "method", "best_layer", "aggregation", "threshold", "threshold_fpr", "threshold_fpr_achieved",
@@ -29,7 +32,14 @@ def register(subparsers) -> None:
     train.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped, stratified)")
     train.add_argument("--fpr", type=float, default=0.05, help="false-positive rate the threshold is set at")
     train.add_argument("--positive-label", default=None, help="which of two string labels is the positive class")
-    train.add_argument("--position", choices=("last", "mean"), default="last", help="token position read per example")
+    train.add_argument(
+        "--position", choices=POSITIONS, default="answer_end",
+        help="where the probe reads, in training and when served: prompt_last (last prompt token), "
+        "token (every answer token), answer_end (last answer token)",
+    )
+    train.add_argument("--layers", default=None, help="candidate layers, declared before looking, e.g. 8-20 (default: all)")
+    train.add_argument("--aggregation", choices=AGGREGATIONS, default="mean", help="response aggregate of a token probe")
+    train.add_argument("--ema-window", type=int, default=DEFAULT_EMA_WINDOW, help="window of the ema aggregate")
     train.add_argument("--chat", action="store_true", help="wrap 'text' rows as a user turn in the chat template")
     train.add_argument("--C", type=float, default=1.0, dest="C", help="inverse L2 strength of the logistic regression")
     train.add_argument("--seed", type=int, default=0)
@@ -82,6 +92,10 @@ def cmd_train(args) -> int:
         args.name,
         positive_label=args.positive_label,
         position=args.position,
+        layers=parse_layer_band(args.layers),
+        layer_band_declared=args.layers is not None,
+        aggregation=args.aggregation,
+        ema_window=args.ema_window,
         chat=args.chat,
         method=args.method,
         folds=args.folds,
@@ -101,6 +115,25 @@ def cmd_train(args) -> int:
     path = probe.save(args.out)
     print(f"saved {path}")
     return 0
+
+
+def parse_layer_band(text: str | None) -> list[int] | None:
+    """"8-20" or "8,10,12" -> layer indices; None stays None (every layer)."""
+    if text is None:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = (int(x) for x in part.split("-", 1))
+            if hi < lo:
+                raise ValueError(f"--layers range {part!r} runs backwards")
+            out.extend(range(lo, hi + 1))
+        elif part:
+            out.append(int(part))
+    if not out:
+        raise ValueError(f"--layers {text!r} names no layer")
+    return sorted(set(out))
 
 
 def cmd_list(args) -> int:
