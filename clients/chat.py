@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 
 from .errors import ServerError
 from .extensions import ProbeRequest, Steer, parse_steer_text, steer_json
+from .positions import ProbePositions
 from .readers import chunk_text, probe_scores
 
 HELP = """commands:
@@ -115,6 +116,7 @@ class ChatSession:
         self.steer: list[Steer] = list(steer or [])
         self.probes: list[str] = list(probes or [])
         self.request_options = dict(request_options or {})
+        self._positions = ProbePositions(client)
         self.messages: list[dict] = []
         self.reset()
 
@@ -216,7 +218,7 @@ class ChatSession:
         if self.steer:
             body["steer"] = steer_json(self.steer)
         if self.probes:
-            body["probes"] = {name: {"per_token": True} for name in self.probes}
+            body["probes"] = self._positions.request(self.probes)  # per-token scores where the probe has them
         return body
 
     def send(self, text: str, reply: Reply) -> Iterator[tuple[str, dict[str, float]]]:

@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .extensions import ProbeRequest, ServerGuard, SteerLike, guard_json, steer_json
+from .positions import ProbePositions
 from .readers import GuardFired, chunk_text, finish_reason, guard_fired, probe_scores, steering_applied
 
-PER_TOKEN_POSITION = "token"
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ class Monitor:
         if not self.probe_names and not self.guards:
             raise ValueError("a monitor needs at least one probe (a rule, probes=[...]) or a server guard")
         self.on_guard = on_guard
-        self._positions: dict[str, str] | None = None
+        self._positions = ProbePositions(client)
         self.model = model
         self.steer = steer_json(steer) if steer else None
         self.record_path = Path(record) if record is not None else None
@@ -225,22 +225,9 @@ class Monitor:
     def alarms(self) -> list[Alarm]:
         return [a for t in self.turns for a in t.alarms]
 
-    def _position(self, name: str) -> str:
-        """Where the server reads a probe (GET /v1/probes); per token when the server does not say."""
-        if self._positions is None:
-            self._positions = {}
-            try:
-                listed = self.client.probes()
-            except Exception:  # noqa: BLE001 - an older server or a stub without the listing: assume per token
-                listed = []
-            for item in listed or []:
-                if isinstance(item, dict) and isinstance(item.get("position"), str):
-                    self._positions[str(item.get("name"))] = item["position"]
-        return self._positions.get(name, PER_TOKEN_POSITION)
-
     def _probe_request(self) -> dict:
         # per_token only where the probe has a reading per token: asking it of another is a 400
-        return {name: {"per_token": self._position(name) == PER_TOKEN_POSITION} for name in self.probe_names}
+        return self._positions.request(self.probe_names)
 
     def request_body(self) -> dict:
         """The `extra_body` a monitored request needs: its probes, server guards and steering."""
