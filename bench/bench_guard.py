@@ -149,7 +149,9 @@ def main(argv=None) -> int:
             costs[b].append(1 - t["plain"][0] / t["guarded"][0])
             cpu_costs[b].append(1 - t["plain"][1] / t["guarded"][1])
             speeds[b].append((args.tokens * b / t["plain"][0], args.tokens * b / t["guarded"][0]))
-        print(f"repeat {rep + 1}/{args.repeats} done (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+        print(f"repeat {rep + 1}/{args.repeats} (load {os.getloadavg()[0]:.2f}): "
+              + ", ".join(f"b{b} {costs[b][-1] * 100:+.1f}% wall {cpu_costs[b][-1] * 100:+.1f}% CPU" for b in BATCH_SIZES),
+              file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     print(f"guard cost, paired step timing: {bench.lm.model_id}, {args.tokens} steps per run, {args.repeats} repeats, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
