@@ -118,8 +118,7 @@ def _fire_point(scores, lo=0):
     """(t, threshold): the first token >= lo whose score is above every earlier one; a threshold just under it."""
     for t in range(lo, len(scores)):
         if t == 0 or scores[t] - max(scores[:t]) > 1e-4:
-            if t >= lo:
-                return t, scores[t] - 1e-5
+            return t, scores[t] - 1e-5
     pytest.fail(f"no token rises above the ones before it: {scores}")
 
 
