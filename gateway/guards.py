@@ -2,12 +2,15 @@
 
 Timing (api.md section 4b). A token's reading is the residual stream after
 the model has read that token, so it comes out of the decode step that feeds
-the token. The engine launches step s+1 before it turns step s into events;
-for batches with guarded rows it first judges the readings of step s
-(`judge_before_step`), so that a rule that starts to hold at token t changes
-the steering of the forward pass that feeds token t+1: the tokens sampled from
-then on are steered. Token t itself, whose reading fired the rule, is sent;
-with `then: "stop"` nothing after it is.
+the token. The engine launches step s+1 before it turns step s into events.
+A row with `steer` or `cap` rules on a token probe (`RowGuard.steers`) is
+judged before that launch instead (`judge_before_step`), so that a rule that
+starts to hold at token t changes the steering of the forward pass that feeds
+token t+1: the tokens sampled from then on are steered. That costs such
+batches the overlap of step s+1's graph construction with step s. A row whose
+rules only stop is judged when its token is sent (`RowState.advance`): the
+step already launched for it is wasted, nothing else. Either way token t,
+whose reading fired the rule, is sent, and after a stop nothing after it is.
 
 A `prompt_last` probe has one reading, the prompt's last token, judged when
 the row is admitted. A `steer` or `cap` it triggers applies to the whole
@@ -42,6 +45,8 @@ class RowGuard:
         self._on = [False] * len(rules)  # steer: latched once fired; cap: while the rule holds
         self._fired: list[dict] = []
         self.stopped = False
+        # rules that change the row's steering per token must be judged before the next step launches
+        self.steers = any(r.action is not Action.STOP and r.position is Position.TOKEN for r in rules)
 
     # -- judging --------------------------------------------------------------------------------
     def judge_prompt(self, reading: np.ndarray | None) -> bool:
@@ -112,12 +117,12 @@ def judge_before_step(parts, batch) -> None:
     ended is marked by its guard and finished when its token is sent.
     """
     for part in parts:
-        if part.scores is None or not any(getattr(r, "guard", None) is not None for r in part.rows):
+        if part.scores is None or not any(r.guard is not None and r.guard.steers for r in part.rows):
             continue
         scores = part.host_scores()
         for i, row in enumerate(part.rows):
             guard = row.guard
-            if guard is None or row.done or row.held is None or row.job.cancelled or guard.stopped:
+            if guard is None or not guard.steers or row.done or row.held is None or row.job.cancelled or guard.stopped:
                 continue
             reading = scores[i][:, row.columns(part.bank)].T  # (P, L), in row.probe_names order
             if guard.judge_token(row.generated - 1, reading):

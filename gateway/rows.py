@@ -71,6 +71,8 @@ class RowState:
         if self.first:
             self.first = False  # the prompt's reading went out with PromptRead
         elif self.held is not None:
+            if self.guard is not None and not self.guard.steers and reading is not None:
+                self.guard.judge_token(self.generated - 1, reading)  # stop-only rules: judged as the token goes out
             held, self.held = self.held, None
             self._emit(*held, reading, events)
             if self.done:
