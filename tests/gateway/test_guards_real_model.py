@@ -33,19 +33,12 @@ CANCEL_WAIT_S = 60  # generous bound for the batch to empty on a loaded 2-core m
 
 def _token_probe() -> str:
     """A shipped probe the server reads at every token (the kind a per-token guard needs)."""
-    from mlx_interp.gateway.guard_spec import Position, probe_position
-    names = []
-    for meta_path in sorted((ROOT / "probes" / "library").glob("*.json")):
-        meta = json.loads(meta_path.read_text())
+    from mlx_interp.probes.positions import TOKEN, declared_position
 
-        class _P:  # probe_position only looks at metadata
-            metadata = meta
-            position = None
-
-        if probe_position(_P) is Position.TOKEN:
-            names.append(meta["name"])
+    names = [json.loads(p.read_text())["name"] for p in sorted((ROOT / "probes" / "library").glob("*.json"))
+             if declared_position(json.loads(p.read_text())) == TOKEN]
     assert names, "no shipped probe is read per token"
-    return "sycophancy" if "sycophancy" in names else names[0]
+    return "concession" if "concession" in names else names[0]
 
 
 PROBE = _token_probe()
