@@ -11,6 +11,11 @@ hooks. The sides do what the engine does per step for such rows:
              (one probe, every layer), read the tokens and the scores back,
              judge the row's guard rule on its reading (gateway.guards.RowGuard)
 
+Three costs are reported per batch size: of the summed wall time, of the
+summed CPU time of this process, and the median over step pairs of each
+pair's cost (robust to a step that another process descheduled; the verdict
+uses it), each as the median over repeats.
+
 The rule (`above` 1.0, never reached) is judged every token but never fires:
 firing changes a row's steering once, a cost that does not recur per token.
 One difference is not measured here: the engine launches an unguarded batch's
@@ -117,16 +122,21 @@ class Bench:
             state["t"] += 1
 
         totals = {"plain": [0.0, 0.0], "guarded": [0.0, 0.0]}  # [wall, cpu]
+        pair_costs = []  # per step pair: 1 - plain wall / guarded wall
         for i in range(tokens):
             order = (guarded_step, plain_step) if i % 2 else (plain_step, guarded_step)
+            walls = {}
             for fn in order:
                 side = "guarded" if fn is guarded_step else "plain"
                 with layer_hooks(model, sides[side][0].hook):
                     wall0, cpu0 = _clocks()
                     fn()
                     wall1, cpu1 = _clocks()
+                walls[side] = wall1 - wall0
                 totals[side][0] += wall1 - wall0
                 totals[side][1] += cpu1 - cpu0
+            pair_costs.append(1 - walls["plain"] / walls["guarded"])
+        totals["pair_median"] = statistics.median(pair_costs)
         return totals
 
 
@@ -142,15 +152,18 @@ def main(argv=None) -> int:
     bench.paired(1, 2)  # warm-up
     costs: dict[int, list[float]] = {b: [] for b in BATCH_SIZES}
     cpu_costs: dict[int, list[float]] = {b: [] for b in BATCH_SIZES}
+    pair_costs: dict[int, list[float]] = {b: [] for b in BATCH_SIZES}
     speeds: dict[int, list[tuple[float, float]]] = {b: [] for b in BATCH_SIZES}
     for rep in range(args.repeats):
         for b in BATCH_SIZES:
             t = bench.paired(b, args.tokens)
             costs[b].append(1 - t["plain"][0] / t["guarded"][0])
             cpu_costs[b].append(1 - t["plain"][1] / t["guarded"][1])
+            pair_costs[b].append(t["pair_median"])
             speeds[b].append((args.tokens * b / t["plain"][0], args.tokens * b / t["guarded"][0]))
         print(f"repeat {rep + 1}/{args.repeats} (load {os.getloadavg()[0]:.2f}): "
-              + ", ".join(f"b{b} {costs[b][-1] * 100:+.1f}% wall {cpu_costs[b][-1] * 100:+.1f}% CPU" for b in BATCH_SIZES),
+              + ", ".join(f"b{b} {costs[b][-1] * 100:+.1f}% wall {cpu_costs[b][-1] * 100:+.1f}% CPU "
+                          f"{pair_costs[b][-1] * 100:+.1f}% median step pair" for b in BATCH_SIZES),
               file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     print(f"guard cost, paired step timing: {bench.lm.model_id}, {args.tokens} steps per run, {args.repeats} repeats, "
@@ -160,13 +173,15 @@ def main(argv=None) -> int:
         med = statistics.median(costs[b])
         plain = statistics.median(s[0] for s in speeds[b])
         guarded = statistics.median(s[1] for s in speeds[b])
-        verdict = "ok" if min(med, statistics.median(cpu_costs[b])) < TARGET else "OVER TARGET"
+        verdict = "ok" if statistics.median(pair_costs[b]) < TARGET else "OVER TARGET"
         cpu = statistics.median(cpu_costs[b])
+        pair = statistics.median(pair_costs[b])
         print(f"  decode b{b}: unguarded {plain:.2f} tok/s, guarded {guarded:.2f} tok/s; cost {med * 100:+.1f}% wall "
               f"(min..max {min(costs[b]) * 100:+.1f}..{max(costs[b]) * 100:+.1f}), {cpu * 100:+.1f}% CPU time "
-              f"(min..max {min(cpu_costs[b]) * 100:+.1f}..{max(cpu_costs[b]) * 100:+.1f}); target < {TARGET * 100:.0f}%: {verdict}")
+              f"(min..max {min(cpu_costs[b]) * 100:+.1f}..{max(cpu_costs[b]) * 100:+.1f}), {pair * 100:+.1f}% median step pair "
+              f"(min..max {min(pair_costs[b]) * 100:+.1f}..{max(pair_costs[b]) * 100:+.1f}); target < {TARGET * 100:.0f}%: {verdict}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"costs": costs, "cpu_costs": cpu_costs, "speeds": speeds,
+        Path(args.json).write_text(json.dumps({"costs": costs, "cpu_costs": cpu_costs, "pair_costs": pair_costs, "speeds": speeds,
                                                "load": [load_before, load_after]}, indent=1))
     return 0
 
