@@ -132,8 +132,9 @@ def _one_rule(item, index: int, n: int, probes, vectors, limits: Limits) -> list
         action = Action(then)
     except ValueError:
         raise _bad(f"{where}.then must be one of {', '.join(a.value for a in Action)}; got {then!r}") from None
-    for key in sorted(set(item) & (set().union(*ACTION_KEYS.values()) - ACTION_KEYS[action.value])):
-        raise _bad(f"{where}.{key} is not used with then: {action.value!r}")
+    foreign = sorted(set(item) & (set().union(*ACTION_KEYS.values()) - ACTION_KEYS[action.value]))
+    if foreign:
+        raise _bad(f"{where}.{foreign[0]} is not used with then: {action.value!r}")
     per_choice: list[tuple[Intervention, ...]] = [()] * n
     if action is Action.STEER:
         if item.get("steer") in (None, {}, []):
