@@ -90,8 +90,12 @@ def _rows(recipe: Recipe) -> list[dict]:
     return out
 
 
-def build(name: str, lm, progress: bool = False, seed: int = 0) -> "Probe":  # noqa: F821
-    """Build the named probe for lm from its shipped dataset."""
+def build(name: str, lm, progress: bool = False, seed: int = 0, knowledge_check: list[dict] | None = None) -> "Probe":  # noqa: F821
+    """Build the named probe for lm from its shipped dataset.
+
+    knowledge_check: the result of experiments.sycophancy_knowledge.knowledge(lm, items()) when it was
+    just computed for this same model (it costs two forward passes per item); computed here otherwise.
+    """
     from mlx_interp.steering.artifacts import dataset_hash
 
     from .positions import TOKEN, capture_at, example_spans
@@ -105,7 +109,7 @@ def build(name: str, lm, progress: bool = False, seed: int = 0) -> "Probe":  # n
     if recipe.known_items_only:
         from mlx_interp.experiments.sycophancy_knowledge import items, knowledge
 
-        know = knowledge(lm, items())
+        know = knowledge_check if knowledge_check is not None else knowledge(lm, items())
         known = {k["group"] for k in know if k["known"]}
         rows = [r for r in rows if r["group"] in known]
         extra = {"known_items": len(known), "items_checked": len(know)}
