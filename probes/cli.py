@@ -7,6 +7,7 @@ from pathlib import Path
 from .aggregation import AGGREGATIONS, DEFAULT_EMA_WINDOW
 from .positions import POSITIONS
 
+RECIPE_NAMES = ("sycophancy", "concession")  # probes.recipes.RECIPES, named here so --help needs no import
 LIBRARY_DIR = Path(__file__).resolve().parent / "library"  # probes shipped with the package
 SHOWN_FIELDS = (
     "labels", "method", "best_layer", "aggregation", "threshold", "threshold_fpr", "threshold_fpr_achieved",
@@ -46,6 +47,19 @@ def register(subparsers) -> None:
     train.add_argument("--description", default="")
     train.add_argument("--out", default=str(LIBRARY_DIR), help=f"folder to save into (default: {LIBRARY_DIR})")
     train.set_defaults(func=cmd_train)
+
+    build = sub.add_parser(
+        "build",
+        help="build a named probe (sycophancy, concession) for a model from the shipped dataset",
+        description="Build a named probe from its shipped dataset with everything fixed in advance (position, layer "
+        "band, aggregate, regularisation): e.g. `mlx-interp probes build sycophancy --model "
+        "mlx-community/Qwen2.5-7B-Instruct-4bit`. The result goes to --out (your data directory by default).",
+    )
+    build.add_argument("name", choices=sorted(RECIPE_NAMES), help="which probe")
+    build.add_argument("--model", default="default", help="'default', an mlx-lm directory, a repo id or a .gguf")
+    build.add_argument("--out", default=None, help="folder to save into (default: MLX_INTERP_HOME/probes)")
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=cmd_build)
 
     lst = sub.add_parser("list", help="list the probes of a folder")
     lst.add_argument("dir", nargs="?", default=str(LIBRARY_DIR), help=f"probe folder (default: {LIBRARY_DIR})")
@@ -114,6 +128,35 @@ def cmd_train(args) -> int:
     )
     path = probe.save(args.out)
     print(f"saved {path}")
+    return 0
+
+
+def user_probe_dir() -> Path:
+    """Where probes a user builds go: MLX_INTERP_HOME/probes (default ~/.cache/mlx-interp/probes)."""
+    import os
+
+    home = os.environ.get("MLX_INTERP_HOME") or str(Path.home() / ".cache" / "mlx-interp")
+    return Path(home).expanduser() / "probes"
+
+
+def cmd_build(args) -> int:
+    from mlx_interp.steering.model import load_model
+
+    from .recipes import build
+
+    lm = load_model(args.model)
+    probe = build(args.name, lm, progress=True, seed=args.seed)
+    meta = probe.metadata
+    print(format_table(probe))
+    ci = meta.get("auroc_ci") or [None, None]
+    ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "-"
+    print(
+        f"{probe.name} for {lm.model_id}: position {probe.position}, best layer {probe.best_layer}; "
+        f"held-out AUROC (nested CV) {meta['auroc']:.3f} {ci_text}; threshold {probe.threshold:.4f} at FPR "
+        f"{meta['threshold_fpr']:.3f}"
+    )
+    path = probe.save(Path(args.out) if args.out else user_probe_dir())
+    print(f"saved {path}  (serve it: mlx-interp serve --model {args.model} --probes {path.parent})")
     return 0
 
 

@@ -117,34 +117,46 @@ def capture_at(lm, spans: Sequence[Spans], position: str, layers: Sequence[int] 
     """States at each example's `position` indices.
 
     Returns (X (n, L, D) float32, example (n,) int: which example each state row came from).
+    """
+    return capture_positions(lm, spans, (position,), layers=layers, progress=progress)[position]
+
+
+def capture_positions(lm, spans: Sequence[Spans], positions: Sequence[str], layers: Sequence[int] | None = None,
+                      progress: bool = False) -> dict:
+    """{position: (X, example)} for several positions from one forward pass per example.
+
     Sequences are captured a few at a time and sliced at once, so memory stays
-    proportional to the states kept, not to every token of every layer.
+    proportional to the states kept, not to every token of every layer. Layers
+    outside `layers` hold zeros (X keeps the model's layer indexing).
     """
     from mlx_interp.steering.capture import capture_hidden_states
 
     layer_list = list(range(lm.num_layers)) if layers is None else sorted(int(l) for l in layers)
-    picks = [s.indices(position) for s in spans]
-    out: list[np.ndarray] = []
-    owner: list[int] = []
+    picks = {pos: [s.indices(pos) for s in spans] for pos in positions}
+    out: dict = {pos: ([], []) for pos in positions}
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(spans), desc=f"capturing ({position})", unit="example")
+        bar = tqdm(total=len(spans), desc=f"capturing ({', '.join(positions)})", unit="example")
     for start in range(0, len(spans), CAPTURE_CHUNK):
         chunk = list(range(start, min(start + CAPTURE_CHUNK, len(spans))))
         states = capture_hidden_states(lm, [spans[i].tokens for i in chunk], position="all", layers=layer_list)
         for i, st in zip(chunk, states):  # st: (L, T, D)
-            idx = picks[i]
-            out.append(np.transpose(st[:, idx, :], (1, 0, 2)))
-            owner.extend([i] * len(idx))
+            for pos in positions:
+                idx = picks[pos][i]
+                out[pos][0].append(np.transpose(st[:, idx, :], (1, 0, 2)))
+                out[pos][1].extend([i] * len(idx))
         if bar:
             bar.update(len(chunk))
     if bar:
         bar.close()
-    X = np.concatenate(out, axis=0).astype(np.float32)
-    if layers is not None and len(layer_list) != lm.num_layers:
-        full = np.zeros((X.shape[0], lm.num_layers, X.shape[2]), dtype=np.float32)
-        full[:, layer_list, :] = X
-        X = full
-    return X, np.asarray(owner, dtype=np.int64)
+    result = {}
+    for pos, (parts, owner) in out.items():
+        X = np.concatenate(parts, axis=0).astype(np.float32)
+        if len(layer_list) != lm.num_layers:
+            full = np.zeros((X.shape[0], lm.num_layers, X.shape[2]), dtype=np.float32)
+            full[:, layer_list, :] = X
+            X = full
+        result[pos] = (X, np.asarray(owner, dtype=np.int64))
+    return result

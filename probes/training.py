@@ -30,7 +30,9 @@ from .probe import AGGREGATIONS, METHODS, Probe
 
 MAX_ITER = 300  # lbfgs iterations; standardised data with C ~ 1 converges well within this
 DEFAULT_SHUFFLES = 3
-INNER_FOLDS = 3  # nested CV: folds used inside each outer training set to pick the layer
+INNER_FOLDS = 3
+PLATT_MIN_SLOPE = 1e-3  # a detector with no held-out ranking is calibrated to (almost) a constant
+LOGIT_CLIP = 1e-9  # nested CV: folds used inside each outer training set to pick the layer
 SCALE_FLOOR = 1e-6  # features with (almost) no variance are left unscaled rather than blown up
 CI_LEVEL = 95.0
 # Hundreds of small fits: BLAS threads only contend with each other (and spin-wait badly on a busy machine).
@@ -233,13 +235,17 @@ def train_probe(
     sequences: Sequence[Hashable] | None = None,
     ema_window: int = agg.DEFAULT_EMA_WINDOW,
     layer_band_declared: bool = False,
+    calibrate: bool = True,
 ) -> Probe:
     """Cross-validate and fit a probe at every layer of X (N, L, D) (or of `layers`); see the module docstring.
 
     Rows are states at the probe's `position`. For `token` probes a row is one
     token and `sequences` says which response it belongs to (its response
     aggregates set the aggregate thresholds); `groups` keeps every token of an
-    item on one side of each split. The layer is picked by nested CV inside
+    item on one side of each split. With `calibrate`, each layer's logit is
+    rescaled (Platt: sigmoid(a * logit + c), fitted on its out-of-fold scores)
+    so that served scores are probabilities, not saturated 0/1 flips; that is
+    monotone, so AUROCs and the ranking are unchanged. The layer is picked by nested CV inside
     `layers` (declare a band before looking: `layer_band_declared=True` records
     it as such); the held-out AUROC reported is that of the whole procedure.
     """
@@ -299,6 +305,15 @@ def train_probe(
         finals.append(final)
     if bar is not None:
         bar.close()
+    calibration = None
+    if calibrate:
+        calibration = []
+        for k in range(len(layer_list)):
+            a, c = platt_scaling(oofs[k], y)
+            d = finals[k]
+            finals[k] = LinearDetector(d.mean, d.scale, a * d.w, a * d.b + c)
+            oofs[k] = _sigmoid(a * _logit(oofs[k]) + c)
+            calibration.append({"layer": layer_list[k], "slope": a, "intercept": c})
 
     best_k = _best_index(per_layer)
     best_layer = layer_list[best_k]
@@ -328,6 +343,7 @@ def train_probe(
         },
         "auroc": _num(auroc(y, held_out)),
         "auroc_ci": auc_ci,
+        "calibration": {"method": "platt", "per_layer": calibration} if calibration is not None else None,
         "threshold": threshold,
         "threshold_fpr": fpr,
         "threshold_fpr_achieved": achieved_fpr,
@@ -360,6 +376,27 @@ def train_probe(
         scale=np.stack([d.scale for d in finals]).astype(np.float32),
         metadata=metadata,
     )
+
+
+def platt_scaling(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(a, c) of sigmoid(a * logit(score) + c) fitted by 1-D logistic regression on held-out scores.
+
+    The slope is kept positive: a calibration may soften or sharpen a
+    detector, never turn it around (a held-out AUROC under 0.5 stays visible).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    z = _logit(scores).reshape(-1, 1)
+    if len(np.unique(y)) < 2 or np.ptp(z) == 0:
+        return 1.0, 0.0
+    model = LogisticRegression(C=1e4, max_iter=MAX_ITER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(z, y)
+    a, c = float(model.coef_[0, 0]), float(model.intercept_[0])
+    if a <= 0:  # no usable ranking: fall back to the base rate, flat
+        return PLATT_MIN_SLOPE, float(np.log(np.mean(y) / (1 - np.mean(y))))
+    return a, c
 
 
 def nested_selection(X, y, gid, layer_list, splits, oofs, method, C, seed) -> dict:
@@ -641,6 +678,11 @@ def _few_blas_threads():
 
         return nullcontext()
     return threadpool_limits(BLAS_THREADS)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), LOGIT_CLIP, 1 - LOGIT_CLIP)
+    return np.log(p) - np.log1p(-p)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
