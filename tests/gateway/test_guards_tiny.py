@@ -233,3 +233,20 @@ def test_tok_probe_is_not_saturated(guard_server):
     scores = _chat(guard_server, probes={"tok": {"per_token": True}})["probes"]["tok"]["per_token"]
     print(scores)
     assert all(0.001 < s < 0.999 for s in scores) and max(scores) - min(scores) > 0.05
+
+
+def test_cap_acts_from_the_next_token_while_the_rule_holds(guard_server):
+    plain = _chat(guard_server, probes={"tok": {"per_token": True}})
+    scores = plain["probes"]["tok"]["per_token"][: TOKENS - 3]
+    t = _first_new_max(scores)
+    rule = {"probe": "tok", "above": scores[t] - 1e-5, "then": "cap", "vector": "push", "max": -50.0, "layers": [1, 2]}
+    capped = _chat(guard_server, probes={"tok": {"per_token": True}}, guard=[rule])
+    fired = capped["guard"]["fired"]
+    assert fired[0] == {"rule": 0, "token_index": t, "score": pytest.approx(scores[t], abs=1e-5), "action": "cap"}
+    assert _tokens(capped)[: t + 2] == _tokens(plain)[: t + 2]
+    assert _tokens(capped)[t + 2:] != _tokens(plain)[t + 2:]
+    # every engagement is a token whose reading reached the threshold after one that did not
+    got = capped["probes"]["tok"]["per_token"]
+    above = scores[t] - 1e-5
+    starts = [i for i, s in enumerate(got) if s >= above and (i == 0 or got[i - 1] < above)]
+    assert [f["token_index"] for f in fired] == starts
