@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-LIBRARY_DIR = Path(__file__).resolve().parent / "library"  # probes shipped with the package
+from mlx_interp import paths
+
+LIBRARY_DIR = paths.SHIPPED_PROBES  # probes shipped with the package (read-only); trained ones go to paths.user_probes()
 SHOWN_FIELDS = (
     "labels", "method", "best_layer", "aggregation", "threshold", "threshold_fpr", "threshold_fpr_achieved",
     "threshold_tpr", "position", "model_id", "model_fingerprint", "hidden_size", "num_layers", "n_examples",
@@ -34,7 +36,7 @@ def register(subparsers) -> None:
     train.add_argument("--C", type=float, default=1.0, dest="C", help="inverse L2 strength of the logistic regression")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--description", default="")
-    train.add_argument("--out", default=str(LIBRARY_DIR), help=f"folder to save into (default: {LIBRARY_DIR})")
+    train.add_argument("--out", default=None, help="folder to save into (default: the user's library, $MLX_INTERP_HOME/library/probes)")
     train.set_defaults(func=cmd_train)
 
     lst = sub.add_parser("list", help="list the probes of a folder")
@@ -61,8 +63,10 @@ def resolve_probe_path(spec: str) -> Path:
     json_path, _ = artifact_paths(path)
     if json_path.exists():
         return json_path
-    if path.parent == Path(".") and (LIBRARY_DIR / f"{spec}.json").exists():
-        return LIBRARY_DIR / f"{spec}.json"
+    if path.parent == Path("."):  # a bare name: the user's library first, then the shipped one
+        for library in (paths.user_probes(), LIBRARY_DIR):
+            if (library / f"{spec}.json").exists():
+                return library / f"{spec}.json"
     raise FileNotFoundError(f"probe not found: {spec} (no {json_path}, and no shipped probe of that name)")
 
 
@@ -98,7 +102,7 @@ def cmd_train(args) -> int:
         f"(achieved {meta['threshold_fpr_achieved']:.3f}, TPR {meta['threshold_tpr']:.3f}); "
         f"labels {probe.labels[0]!r} (0) / {probe.labels[1]!r} (1)"
     )
-    path = probe.save(args.out)
+    path = probe.save(args.out or paths.user_probes())
     print(f"saved {path}")
     return 0
 
