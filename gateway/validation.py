@@ -106,17 +106,12 @@ def _messages(body: dict, ctx: Context) -> list[dict]:
 
 
 def _chat_tokens(messages: list[dict], ctx: Context) -> list[int]:
-    tok = ctx.tokenizer
-    if not getattr(tok, "chat_template", None):
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return list(tok.encode(text))
+    from mlx_interp.steering.chat_template import render_chat  # the rendering capture and training use too
+
     try:
-        ids = tok.apply_chat_template(messages, add_generation_prompt=messages[-1]["role"] != "assistant", tokenize=True)
+        return render_chat(ctx.tokenizer, messages)
     except Exception as exc:  # jinja templates raise their own errors for role orders they refuse
         raise BadRequest(f"messages do not fit the model's chat template: {str(exc)[:200]}", param="messages") from None
-    if isinstance(ids, dict):  # some tokenizers return a BatchEncoding
-        ids = ids["input_ids"]
-    return [int(t) for t in ids]
 
 
 def _prompts(body: dict, ctx: Context) -> tuple[list[list[int]], list[str]]:
