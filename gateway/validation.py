@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadRequest, NotFound
 from .limits import Limits
@@ -11,6 +12,12 @@ from .presets import Preset
 from .protocol import CHAT, TEXT, ChoiceSpec, GenerationSpec
 from . import probe_spec, steer_spec
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from mlx_interp.probes.probe import Probe
+    from mlx_interp.steering.vectors import SteeringVector
+
+    from .catalog import Shelf
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "suffix", "audio", "prediction")
@@ -21,12 +28,12 @@ SEED_RANGE = (-(2**63), 2**64 - 1)
 class Context:
     """What validation needs from the server: the model's facts, the libraries and the limits."""
 
-    tokenizer: object
+    tokenizer: Any  # the model's tokenizer (mlx-lm's TokenizerWrapper, or any with encode/apply_chat_template)
     vocab_size: int
     model_ids: tuple[str, ...]  # ids that name the base model ("default", the real id)
-    presets: dict  # name -> Preset
-    vectors: object  # catalog.Shelf
-    probes: object
+    presets: dict[str, Preset]
+    vectors: Shelf[SteeringVector]
+    probes: Shelf[Probe]
     limits: Limits
 
 

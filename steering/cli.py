@@ -317,12 +317,12 @@ def _generate(args) -> int:
                 print(f"skipped {err}", file=sys.stderr)
             libraries.append(library)
         for name, alpha in steers:
-            library = next((lib for lib in libraries if name in lib), None)
-            if library is None:
+            holder = next((lib for lib in libraries if name in lib), None)
+            if holder is None:
                 available = ", ".join(sorted({n for lib in libraries for n in lib.names()})) or "none"
                 where = " or ".join(str(d) for d in directories)
                 raise ValueError(f"unknown vector {name!r} in {where} (available for this model: {available})")
-            interventions.append(library.get(name).intervention(alpha, op=args.op, layers=args.layers, scope=args.scope, value=args.value))
+            interventions.append(holder.get(name).intervention(alpha, op=args.op, layers=args.layers, scope=args.scope, value=args.value))
     results = generate(
         lm,
         args.prompt,
