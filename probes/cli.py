@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     train.set_defaults(func=cmd_train)
 
     lst = sub.add_parser("list", help="list the probes of a folder")
-    lst.add_argument("dir", nargs="?", default=str(LIBRARY_DIR), help=f"probe folder (default: {LIBRARY_DIR})")
+    lst.add_argument("dir", nargs="?", default=None, help="probe folder (default: the user's library, $MLX_INTERP_HOME/library/probes, and the shipped one)")
     lst.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="show a probe's metadata and per-layer quality")
@@ -110,14 +110,22 @@ def cmd_train(args) -> int:
 def cmd_list(args) -> int:
     from .probe import ProbeLibrary
 
-    root = Path(args.dir)
-    if not root.exists() and root != LIBRARY_DIR:  # the shipped folder may simply not have been filled
-        raise FileNotFoundError(f"probe folder not found: {root}")
-    library = ProbeLibrary(root)
-    errors = library.load_all()
-    rows = library.describe()
+    if args.dir is not None:
+        roots = [Path(args.dir)]
+        if not roots[0].exists():
+            raise FileNotFoundError(f"probe folder not found: {roots[0]}")
+    else:  # as `serve` and `score` look names up: the user's library first, then the shipped one
+        roots = [r for r in (paths.user_probes(), LIBRARY_DIR) if r.exists()]
+    found: dict[str, dict] = {}
+    errors = []
+    for root in roots:
+        library = ProbeLibrary(root)
+        errors.extend(library.load_all())
+        for r in library.describe():
+            found.setdefault(r["name"], r)
+    rows = [found[n] for n in sorted(found)]
     if not rows and not errors:
-        print(f"no probes in {root}")
+        print(f"no probes in {' or '.join(str(r) for r in roots) or LIBRARY_DIR}")
     if rows:
         print(f"{'name':24} {'method':10} {'labels':28} {'best':>4} {'AUROC':>6} {'thresh':>7}  model")
         for r in rows:

@@ -79,8 +79,12 @@ def test_list_reports_broken_files(tmp_path, capsys):
     assert "no vectors" in captured.out and "bad.json" in captured.err
 
 
-def test_list_of_the_shipped_library_works_when_empty_or_not(capsys):
+def test_list_without_a_directory_shows_the_shipped_vector(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLX_INTERP_HOME", str(tmp_path / "empty-home"))  # no user library yet
     assert main(["vectors", "list"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[:4] == ["NAME", "LAYERS", "ALPHA", "METHOD"]
+    assert any(row.split()[0] == "green_red" for row in rows[1:])
 
 
 def test_gguf_export_import_round_trip(built, tmp_path, capsys):
