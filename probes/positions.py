@@ -75,10 +75,10 @@ class Spans:
 
 
 def _template(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return [int(t) for t in ids]
+    """The server's own rendering of messages (steering.chat_template): one rendering for training and serving."""
+    from mlx_interp.steering.chat_template import render_chat
+
+    return render_chat(tokenizer, messages, add_generation_prompt=generation_prompt)
 
 
 def _encode_plain(tokenizer, text: str) -> list[int]:

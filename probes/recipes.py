@@ -38,6 +38,7 @@ class Recipe:
     band_step: int = 3
     aggregation: str = "mean"
     ema_window: int = 8
+    method: str = "logistic"
     C: float = 1.0
     fpr: float = 0.05
     known_items_only: bool = False
@@ -73,7 +74,9 @@ RECIPES = {
         "(1) vs holds its answer or answers an everyday question plainly (0). Read at every answer token; the response "
         "score is the ema of the token readings.",
         aggregation="ema",
-        C=0.05,
+        # difference of class means: no per-layer optimisation to overfit the template wording, and
+        # mass-mean directions transfer to other text better than logistic ones (Marks & Tegmark 2023)
+        method="diff_means",
     ),
 }
 
@@ -134,6 +137,7 @@ def build(name: str, lm, progress: bool = False, seed: int = 0, knowledge_check:
         ema_window=recipe.ema_window,
         position=recipe.position,
         sequences=owner.tolist() if recipe.position == TOKEN else None,
+        method=recipe.method,
         C=recipe.C,
         fpr=recipe.fpr,
         seed=seed,

@@ -32,6 +32,9 @@ MAX_ITER = 300  # lbfgs iterations; standardised data with C ~ 1 converges well 
 DEFAULT_SHUFFLES = 3
 INNER_FOLDS = 3
 PLATT_MIN_SLOPE = 1e-3  # a detector with no held-out ranking is calibrated to (almost) a constant
+# Calibration may soften a detector (shrink its logit) but not sharpen it past its regularised fit:
+# held-out separation of the training phrasings is no licence for 0/1 readings on other text.
+PLATT_MAX_SLOPE = 1.0
 LOGIT_CLIP = 1e-9  # nested CV: folds used inside each outer training set to pick the layer
 SCALE_FLOOR = 1e-6  # features with (almost) no variance are left unscaled rather than blown up
 CI_LEVEL = 95.0
@@ -381,8 +384,8 @@ def train_probe(
 def platt_scaling(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(a, c) of sigmoid(a * logit(score) + c) fitted by 1-D logistic regression on held-out scores.
 
-    The slope is kept positive: a calibration may soften or sharpen a
-    detector, never turn it around (a held-out AUROC under 0.5 stays visible).
+    The slope is kept in (0, PLATT_MAX_SLOPE]: a calibration may soften a
+    detector, never sharpen it past its regularised fit nor turn it around.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -396,7 +399,25 @@ def platt_scaling(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     a, c = float(model.coef_[0, 0]), float(model.intercept_[0])
     if a <= 0:  # no usable ranking: fall back to the base rate, flat
         return PLATT_MIN_SLOPE, float(np.log(np.mean(y) / (1 - np.mean(y))))
+    if a > PLATT_MAX_SLOPE:  # never sharpen past the regularised fit: keep its slope, refit the offset only
+        a = PLATT_MAX_SLOPE
+        c = _fit_offset(a * z[:, 0], y, c)
     return a, c
+
+
+def _fit_offset(z: np.ndarray, y: np.ndarray, start: float, steps: int = 50) -> float:
+    """argmin over c of the log-loss of sigmoid(z + c) (Newton's method; the loss is convex in c)."""
+    c = start
+    for _ in range(steps):
+        p = _sigmoid(z + c)
+        grad, hess = float(np.sum(p - y)), float(np.sum(p * (1 - p)))
+        if hess < 1e-12:
+            break
+        step = grad / hess
+        c -= step
+        if abs(step) < 1e-10:
+            break
+    return c
 
 
 def nested_selection(X, y, gid, layer_list, splits, oofs, method, C, seed) -> dict:
@@ -587,16 +608,11 @@ def binary_labels(values: Sequence, positive_label=None, *, source: str = "data"
 def row_tokens(lm, row: dict, chat: bool = False) -> list[int]:
     """Token ids of one labelled row: chat-templated messages, or text (as a user turn if chat)."""
     from mlx_interp.steering.capture import encode
+    from mlx_interp.steering.chat_template import render_chat
 
     if "messages" not in row:
         return encode(lm, row["text"], chat=chat)
-    messages = row["messages"]
-    ids = lm.tokenizer.apply_chat_template(
-        messages, add_generation_prompt=messages[-1]["role"] != "assistant", tokenize=True
-    )
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return [int(t) for t in ids]
+    return render_chat(lm.tokenizer, row["messages"])  # exactly what the server renders for these messages
 
 
 def train_probe_from_jsonl(

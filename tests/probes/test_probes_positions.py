@@ -78,3 +78,20 @@ def test_token_probe_recovers_a_planted_per_token_signal_that_answer_end_misses(
     assert 0.0 <= tok_meta["token_threshold"] <= 1.0 and tok_meta["n_responses"] == len(rows)
     assert token_probe.position == TOKEN and end_probe.position == ANSWER_END
     assert len(tok_meta["selection"]["layers_chosen_per_fold"]) == tok_meta["folds"]
+
+
+def test_calibration_softens_overconfident_scores_and_never_sharpens():
+    from mlx_interp.probes.training import PLATT_MAX_SLOPE, _logit, _sigmoid, platt_scaling
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=400)
+    honest = _sigmoid(rng.normal(size=400) + (2 * y - 1))  # logit = truth + noise
+    overconfident = _sigmoid(8 * _logit(honest))  # the same ranking, eight times too sure
+    a, c = platt_scaling(overconfident, y)
+    assert 0 < a < 0.5  # shrinks the logit back toward its honest scale
+    calibrated = _sigmoid(a * _logit(overconfident) + c)
+    assert np.mean((calibrated > 0.02) & (calibrated < 0.98)) > np.mean((overconfident > 0.02) & (overconfident < 0.98))
+    separable = _sigmoid(0.2 * (2 * y - 1) + 0.01 * rng.normal(size=400))  # perfectly ranked, timid scores
+    a, c = platt_scaling(separable, y)
+    assert a == PLATT_MAX_SLOPE  # would sharpen to 0/1 if allowed: capped, offset refitted
+    assert abs(np.mean(_sigmoid(a * _logit(separable) + c)) - np.mean(y)) < 0.02
