@@ -13,7 +13,6 @@ reason instead of failing at the first request.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from mlx_interp.steering.artifacts import (
     ArtifactError,
     check_pair,
     commit_pair,
+    content_sha256,
     check_finite,
     check_model_match,
     check_name,
@@ -37,7 +37,8 @@ from mlx_interp.steering.artifacts import (
 )
 
 METHODS = ("logistic", "diff_means")
-AGGREGATIONS = ("mean", "max", "last")
+from .aggregation import AGGREGATIONS, DEFAULT_EMA_WINDOW
+from .positions import POSITIONS, LEGACY_POSITIONS, declared_position, reads_per_token
 TENSOR_NAMES = ("layers", "weights", "bias", "mean", "scale")
 REQUIRED_FIELDS = ("name", "labels", "method", "best_layer", "threshold", "hidden_size")
 JSON_SUFFIX = ".json"
@@ -76,6 +77,25 @@ class Probe:
         return str(self.metadata.get("aggregation", "mean"))
 
     @property
+    def position(self) -> str:
+        """Where it was trained to read (legacy names mapped; none declared: per token)."""
+        return declared_position(self.metadata)
+
+    @property
+    def per_token(self) -> bool:
+        """Is it read at every token (a `token` probe)?"""
+        return reads_per_token(self.position)
+
+    @property
+    def token_threshold(self) -> float:
+        """Threshold of one token's reading (token probes); `threshold` is that of the response score."""
+        return float(self.metadata.get("token_threshold", self.threshold))
+
+    @property
+    def ema_window(self) -> int:
+        return int(self.metadata.get("ema_window", DEFAULT_EMA_WINDOW))
+
+    @property
     def labels(self) -> list[str]:
         return [str(x) for x in self.metadata["labels"]]
 
@@ -85,9 +105,9 @@ class Probe:
 
     @property
     def sha256(self) -> str:
-        """sha256 of the tensor file's bytes (the same bytes `save` writes)."""
+        """Identity: artifacts.content_sha256 of the tensors (the same meaning as a vector's)."""
         if self._sha256 is None:
-            self._sha256 = hashlib.sha256(self.tensor_bytes()).hexdigest()
+            self._sha256 = content_sha256(self.tensors())
         return self._sha256
 
     def tensors(self) -> dict[str, np.ndarray]:
@@ -149,6 +169,12 @@ class Probe:
             raise ArtifactError(where, f"method {meta['method']!r} is not one of {', '.join(METHODS)}")
         if meta.get("aggregation", "mean") not in AGGREGATIONS:
             raise ArtifactError(where, f"aggregation {meta.get('aggregation')!r} is not one of {', '.join(AGGREGATIONS)}")
+        position = meta.get("position")
+        if position is not None and position not in POSITIONS and position not in LEGACY_POSITIONS:
+            raise ArtifactError(where, f"position {position!r} is not one of {', '.join(POSITIONS)}")
+        window = meta.get("ema_window", DEFAULT_EMA_WINDOW)
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ArtifactError(where, f"ema_window {window!r} must be a positive integer")
 
         # tensors: shapes, finiteness, positive scale
         K = len(self.layers)
@@ -184,6 +210,7 @@ class Probe:
 
         _check_probability(where, meta, "threshold", required=True)
         _check_probability(where, meta, "threshold_fpr", required=False)
+        _check_probability(where, meta, "token_threshold", required=False)
         per_layer = meta.get("per_layer")
         if per_layer is not None:
             if not isinstance(per_layer, list) or len(per_layer) != K:
@@ -207,7 +234,6 @@ class Probe:
         tensor_path = path_in_library(directory, self.name, TENSOR_SUFFIX)
         data = self.tensor_bytes()
         self.metadata = commit_pair(tensor_path, data, json_path, self.metadata)
-        self._sha256 = hashlib.sha256(data).hexdigest()
         return json_path
 
     @classmethod
@@ -236,7 +262,6 @@ class Probe:
         probe = probe_from_bytes(tensor_path, data, meta)
         probe.validate(json_path, fingerprint=fingerprint, hidden_size=hidden_size, num_layers=num_layers)
         check_pair(json_path, meta, tensor_path, data)
-        probe._sha256 = hashlib.sha256(data).hexdigest()
         return probe
 
     def describe(self) -> dict:
@@ -251,9 +276,13 @@ class Probe:
             "layers": list(self.layers),
             "best_layer": self.best_layer,
             "aggregation": self.aggregation,
+            "position": self.position,
             "threshold": json_safe_float(self.threshold),
+            "token_threshold": _safe(meta.get("token_threshold")),
             "threshold_fpr": _safe(meta.get("threshold_fpr")),
-            "auroc": _safe(best.get("auroc_mean")),
+            # the held-out AUROC of the whole procedure (nested CV) where recorded, else the best layer's CV AUROC
+            "auroc": _safe(meta["auroc"]) if "auroc" in meta else _safe(best.get("auroc_mean")),
+            "auroc_ci": meta.get("auroc_ci"),
             "accuracy": _safe(best.get("accuracy_mean")),
             "model_id": meta.get("model_id"),
             "model_fingerprint": meta.get("model_fingerprint"),

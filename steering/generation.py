@@ -10,21 +10,24 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .capture import Recorder, ResidualHook
 from .hooks import layer_hooks
 from .interventions import Intervention, Phase, RowSteering
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 PREFILL_CHUNK = 512  # tokens per prompt forward pass: bounds activation memory on long prompts
 
 
 @dataclass
 class Prefill:
-    logits: object  # mx.array (V,) at the last prompt token
+    logits: mx.array  # (V,) at the last prompt token
     cache: list  # the row's own mlx-lm cache
-    hidden_last: object | None  # mx.array (L, D) last prompt token, steered, if captured
-    hidden_all: object | None = None  # mx.array (T, L, D) every processed prompt token, if asked
+    hidden_last: mx.array | None  # (L, D) last prompt token, steered, if captured
+    hidden_all: mx.array | None = None  # (T, L, D) every processed prompt token, if asked
 
 
 @dataclass
@@ -128,6 +131,21 @@ class DecodeBatch:
             for c in self.cache:
                 c.filter(keep)
         self._rebuild_steering()
+
+    def set_interventions(self, uid, interventions: Sequence[Intervention]) -> None:
+        """Change one running row's steering from its next step on; the other rows keep theirs exactly."""
+        for i, r in enumerate(self.rows):
+            if r.uid == uid:
+                self.rows[i] = Row(uid, tuple(interventions))
+                self._rebuild_steering()
+                return
+        raise KeyError(f"no row {uid!r} in the batch")
+
+    def interventions_of(self, uid) -> tuple[Intervention, ...]:
+        for r in self.rows:
+            if r.uid == uid:
+                return r.interventions
+        raise KeyError(f"no row {uid!r} in the batch")
 
     def _rebuild_steering(self) -> None:
         self._steering = RowSteering.build([r.interventions for r in self.rows], Phase.GENERATION) if self.rows else None

@@ -57,14 +57,40 @@ def test_train_list_show_score(tmp_path, tiny_model_dirs, tiny_llama, labelled, 
     assert "flagged:" in scored and sum("<- best" in l for l in scored.splitlines()) == 1
 
 
-def test_diff_means_and_mean_position(tmp_path, tiny_model_dirs, labelled, capsys):
+def test_diff_means_and_token_position(tmp_path, tiny_model_dirs, labelled, capsys):
     out = tmp_path / "lib"
-    rc = main(["probes", "train", "--data", str(labelled), "--name", "dm", "--model", str(tiny_model_dirs["llama"]),
-               "--out", str(out), "--method", "diff_means", "--position", "mean", "--folds", "2"])
+    answered = tmp_path / "answered.jsonl"  # a token probe needs an answer in every row
+    rows = [json.loads(l) for l in labelled.read_text().splitlines()]
+    answered.write_text("".join(json.dumps(r) + "\n" for r in rows if "messages" not in r or len(r["messages"]) == 2))
+    rc = main(["probes", "train", "--data", str(answered), "--name", "dm", "--model", str(tiny_model_dirs["llama"]),
+               "--out", str(out), "--method", "diff_means", "--position", "token", "--folds", "2",
+               "--layers", "1-2", "--aggregation", "ema", "--ema-window", "3"])
     assert rc == 0
     probe = Probe.load(out / "dm.json")
-    assert probe.metadata["method"] == "diff_means" and probe.metadata["position"] == "mean"
+    assert probe.metadata["method"] == "diff_means" and probe.position == "token" and probe.per_token
+    assert probe.layers == (1, 2) and probe.metadata["selection"]["band_declared_before_looking"] is True
+    assert probe.aggregation == "ema" and probe.ema_window == 3
+    assert probe.threshold == probe.metadata["aggregate_thresholds"]["ema"]
+    assert probe.metadata["n_examples"] > probe.metadata["n_responses"]  # one row per token
     assert probe.labels == ["food", "weather"]  # string labels without --positive-label: later in sorted order
+
+
+def test_train_without_out_goes_to_the_users_library_never_the_package(tmp_path, tiny_model_dirs, labelled, monkeypatch, capsys):
+    from mlx_interp import paths
+
+    monkeypatch.setenv("MLX_INTERP_HOME", str(tmp_path / "home"))
+    shipped_before = sorted(p.name for p in paths.SHIPPED_PROBES.iterdir())
+    rc = main(["probes", "train", "--data", str(labelled), "--name", "mine", "--model", str(tiny_model_dirs["llama"]),
+               "--positive-label", "food", "--folds", "2"])
+    assert rc == 0
+    assert Probe.load(tmp_path / "home" / "library" / "probes" / "mine.json").name == "mine"
+    assert sorted(p.name for p in paths.SHIPPED_PROBES.iterdir()) == shipped_before
+    capsys.readouterr()
+    assert main(["probes", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "mine" in listed and "sycophancy" in listed  # the user's library and the shipped one
+    assert main(["probes", "show", "mine"]) == 0
+    assert "mine" in capsys.readouterr().out
 
 
 def test_chat_rows_use_the_template(tiny_llama):
@@ -113,6 +139,6 @@ def test_list_empty_folder_and_refused_files(tmp_path, make_probe, capsys):
     assert "ok" in out and "refused" in out and "broken.json" in out
 
 
-def test_default_library_lists_without_error(capsys):
+def test_default_library_lists_the_shipped_probe(capsys):
     assert main(["probes", "list"]) == 0
-    assert capsys.readouterr().out.strip()
+    assert "sycophancy" in capsys.readouterr().out
