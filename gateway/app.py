@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from mlx_interp.steering.artifacts import ArtifactError, check_name
 
-from . import auth
+from . import auth, playground
 from .catalog import ReadOnlyArtifact
 from .errors import APIError, BadRequest, Conflict, NotFound, Unavailable, Unprocessable, error_response, starlette_handler
 from .jsonio import JSONResponse, read_json_object
@@ -29,6 +29,8 @@ from .responder import Run, SSEResponse, wait_for_response
 from .validation import Context, parse_request
 
 UPLOAD_FIELDS = {"name", "metadata", "safetensors"}
+# No key needed: /health, and the playground's static files (their API calls carry the key).
+PUBLIC_PATHS = auth.OPEN_PATHS | playground.PUBLIC_PATHS
 CLIENT_GONE = 499  # nginx's convention; the client never sees it, /metrics does
 
 
@@ -78,7 +80,7 @@ class Guard:
             await send(message)
 
         try:
-            if scope["path"] not in auth.OPEN_PATHS:
+            if scope["path"] not in PUBLIC_PATHS:
                 try:
                     auth.check_api(self.gw.keys, Headers(scope=scope))
                 except APIError as exc:
@@ -230,6 +232,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        *playground.routes(),
     ]
     for base in ("/v1/steering/vectors", "/v1/probes"):
         routes += [

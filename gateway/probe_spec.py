@@ -115,8 +115,18 @@ class ProbeReadings:
     tokens: list = field(default_factory=list)  # (P, L) per scored token (echoed prompt tokens, then generated)
 
     def best(self, reading: np.ndarray) -> dict:
-        """{name: {"score": x}} at each probe's best layer: what a stream chunk carries."""
-        return {r.name: {"score": _finite(reading[j, r.probe.best_layer])} for j, r in enumerate(self.requests)}
+        """{name: {"score": x}} at each probe's best layer: what a stream chunk carries.
+
+        A probe asked for per_token also gets the token's reading at every layer
+        (`per_layer`, null where it has no weights): the playground draws it.
+        """
+        out = {}
+        for j, r in enumerate(self.requests):
+            item = {"score": _finite(reading[j, r.probe.best_layer])}
+            if r.per_token:
+                item["per_layer"] = [_finite(v) for v in reading[j]]
+            out[r.name] = item
+        return out
 
     def result(self) -> dict:
         out = {}
