@@ -680,6 +680,15 @@ async function send(event) {
     $("answers").setAttribute("aria-busy", "false");
     $("answers").dataset.state = ok ? "done" : "failed";
   }
+  if (!ok) {
+    for (const a of state.answers) {
+      if (a.finish) continue;
+      const note = document.createElement("p");
+      note.className = "unfinished";
+      note.textContent = a.tokens.length ? "The answer was cut short (see the message above)." : "No answer (see the message above).";
+      a.col.querySelector(".answer-foot").append(note);
+    }
+  }
   if (ok) {
     // The conversation continues from the last column (the steered one when comparing).
     const last = state.answers[state.answers.length - 1];

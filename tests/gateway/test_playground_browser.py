@@ -86,6 +86,7 @@ def test_a_busy_server_shows_429_with_the_servers_message(tiny_model_dirs, tiny_
         assert alert.startswith("The server is busy (429): the request queue is full (1 waiting, --max-queue)")
         assert "Retry in 1 s." in alert
         assert browser.find_element(By.ID, "answers").get_attribute("data-state") == "failed"
+        assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".answer .unfinished")] == ["No answer (see the message above)."] * 2
         assert browser.find_element(By.ID, "send").is_enabled()  # ready to try again
         screenshot(browser, tmp_path, "busy-429")
     finally:
