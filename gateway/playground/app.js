@@ -325,10 +325,18 @@ function probeMeta(name) {
   return state.probes.find((p) => p.name === name) || null;
 }
 
+// The threshold one token's score is judged by: a token probe's own per-token threshold where it
+// has one, else the probe's (response) threshold.
+function tokenThreshold(meta) {
+  if (!meta) return null;
+  if (typeof meta.token_threshold === "number") return meta.token_threshold;
+  return typeof meta.threshold === "number" ? meta.threshold : null;
+}
+
 function updateLegend() {
   const name = $("heat-probe").value || null;
   const meta = name ? probeMeta(name) : null;
-  buildLegend($("legend"), { probe: name, threshold: meta && typeof meta.threshold === "number" ? meta.threshold : null });
+  buildLegend($("legend"), { probe: name, threshold: tokenThreshold(meta) });
 }
 
 // -- the request ----------------------------------------------------------------------------
@@ -467,7 +475,8 @@ function addToken(index, text, scores) {
     span.style.backgroundColor = scoreColour(tok.score);
     span.style.color = textColour(tok.score);
     const meta = probeMeta(state.heatProbe);
-    if (meta && typeof meta.threshold === "number" && tok.score >= meta.threshold) span.classList.add("over");
+    const limit = tokenThreshold(meta);
+    if (limit !== null && tok.score >= limit) span.classList.add("over");
     span.setAttribute("aria-label", `${JSON.stringify(text)}: ${state.heatProbe} ${tok.score.toFixed(3)}`);
   } else {
     span.classList.add("plain");
@@ -496,7 +505,8 @@ function markGuard(index, events, tok) {
     const key = `${ev.rule}:${ev.token_index}:${ev.action}`;
     if (a.guard.some((g) => g.key === key)) continue;
     a.guard.push({ ...ev, key });
-    const target = tok || a.tokens[ev.token_index] || a.tokens[a.tokens.length - 1];
+    // A rule on a prompt_last probe fires before any token (token_index null): listed, not marked.
+    const target = ev.token_index === null || ev.token_index === undefined ? null : tok || a.tokens[ev.token_index] || a.tokens[a.tokens.length - 1];
     if (target) {
       target.el.classList.add("guarded");
       target.el.dataset.guard = `${target.el.dataset.guard ? `${target.el.dataset.guard}; ` : ""}rule ${ev.rule}: ${ev.action}`;
@@ -527,13 +537,15 @@ function renderFoot(index) {
     div.dataset.probe = name;
     div.dataset.flagged = String(Boolean(r.flagged));
     const badge = r.flagged ? "FLAGGED" : "not flagged";
-    div.textContent = `${name}: ${fmt(r.score)} (${r.aggregate || "?"} at layer ${r.layer}) · threshold ${fmt(r.threshold)} · ${badge} · before answering ${fmt(r.prompt_score)}`;
+    const how = r.aggregate ? `${r.aggregate} at layer ${r.layer}` : `at ${r.position || "?"}, layer ${r.layer}`;
+    div.textContent = `${name}: ${fmt(r.score)} (${how}) · threshold ${fmt(r.threshold)} · ${badge} · before answering ${fmt(r.prompt_score)}`;
     foot.append(div);
   }
   for (const g of a.guard) {
     const div = document.createElement("div");
     div.className = "guard-event";
-    div.textContent = `⚑ guard rule ${g.rule} fired at token ${g.token_index} (score ${fmt(g.score)}): ${g.action}`;
+    const where = g.token_index === null || g.token_index === undefined ? "on the prompt" : `at token ${g.token_index}`;
+    div.textContent = `⚑ guard rule ${g.rule} fired ${where} (score ${fmt(g.score)}): ${g.action}`;
     foot.append(div);
   }
 }
@@ -585,7 +597,7 @@ function showToken(index, t) {
   box.append(
     layerChart({
       series,
-      threshold: meta && typeof meta.threshold === "number" ? meta.threshold : null,
+      threshold: tokenThreshold(meta),
       bestLayer: meta ? meta.best_layer : null,
       label: `${name} reading at every layer for token ${t}`,
     }),

@@ -106,6 +106,7 @@ export function renderProbes(container, items, onChanged, report) {
       ["CV AUROC (best layer)", aurocText],
       ["CV accuracy", f3(p.accuracy)],
       ["threshold", p.threshold_fpr !== undefined && p.threshold_fpr !== null ? `${f3(p.threshold)} at FPR ${f3(p.threshold_fpr)}` : f3(p.threshold)],
+      ["per-token threshold", typeof p.token_threshold === "number" ? f3(p.token_threshold) : null],
       ["examples", p.n_examples],
       ["model", p.model_id],
       ["created", p.created],

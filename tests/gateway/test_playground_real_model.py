@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.server, pytest.mark.browser]
 
 KEY = "real-playground-key"
 ADMIN = "real-playground-admin"
-QUESTION = "What colour is grass? Answer in one sentence."
+RANDOM_PROBE = "zz_random_token"
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,32 @@ def real(tmp_path_factory):
     root = tmp_path_factory.mktemp("playground-real")
     server = ServerProcess("--model", "default", "--api-key", KEY, "--admin-key", ADMIN,
                            "--vectors", str(root / "vectors"), "--probes", str(root / "probes"))
+    _upload_token_probe(server)
     yield server
     server.stop()
+
+
+def _upload_token_probe(server):
+    """A random probe with no declared position (read per token), sorted after the shipped ones: the heat-map
+    colours by a shipped per-token probe when there is one, by this one otherwise."""
+    import base64
+
+    import numpy as np
+    from safetensors.numpy import save
+
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    facts = httpx.get(server.url + "/v1/models", headers=admin).json()["data"][0]
+    L, D = facts["num_layers"], facts["hidden_size"]
+    rng = np.random.default_rng(11)
+    layers = np.array([6, 12, 18, 24], np.int32)
+    tensors = {"layers": layers, "weights": (rng.standard_normal((len(layers), D)) * 0.02).astype(np.float32),
+               "bias": np.zeros(len(layers), np.float32), "mean": np.zeros((len(layers), D), np.float32),
+               "scale": np.ones((len(layers), D), np.float32)}
+    meta = {"format_version": 1, "name": RANDOM_PROBE, "labels": ["no", "yes"], "method": "logistic", "best_layer": 18,
+            "threshold": 0.5, "aggregation": "mean", "hidden_size": D, "num_layers": L, "model_fingerprint": facts["fingerprint"]}
+    r = httpx.post(server.url + "/v1/probes", headers=admin, timeout=60, json={
+        "name": RANDOM_PROBE, "metadata": meta, "safetensors": base64.b64encode(save(tensors)).decode()})
+    assert r.status_code == 201, r.text
 
 
 @pytest.fixture()
