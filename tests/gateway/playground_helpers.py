@@ -28,6 +28,12 @@ def screenshot(browser, folder: Path, name: str) -> Path:
     return path
 
 
+def set_field(browser, element_id: str, text: str) -> None:
+    field = browser.find_element(By.ID, element_id)
+    field.clear()
+    field.send_keys(text)
+
+
 def enter_key(browser, key: str) -> None:
     field = browser.find_element(By.ID, "api-key")
     field.send_keys(key)

@@ -2,6 +2,10 @@
 in test_playground_real_model.py): keys, errors, libraries, layout. Screenshots go to each test's tmp_path
 (and to $MLX_INTERP_SCREENSHOTS when set)."""
 
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import httpx
@@ -11,9 +15,27 @@ from selenium.webdriver.common.by import By
 from browser_helpers import page_errors, start_browser, wait_for
 from conftest import ADMIN_KEY, API_KEY
 from gateway_helpers import ServerProcess, make_vector
-from playground_helpers import enter_key, open_page, screenshot, send_and_wait
+from playground_helpers import column_scores, column_texts, enter_key, open_page, screenshot, send_and_wait, set_field
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
+
+
+@pytest.fixture(scope="module")
+def own_server(tiny_model_dirs, tiny_llama, tiny_artifacts, tmp_path_factory):
+    """A tiny-model server of this module's own (uploads here touch no other test), one row at a time and
+    one waiting (so a third request is a 429), with a vector that carries calibration metadata."""
+    vectors = tmp_path_factory.mktemp("playground-vectors")
+    make_vector(tiny_llama, "push", vectors, seed=1)
+    make_vector(tiny_llama, "tuned", vectors, seed=5, alpha=3.0)
+    meta_path = vectors / "tuned.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update({"calibrated": True, "coherent_range": [-2.0, 5.0], "recommended_alpha": 4.0})
+    meta_path.write_text(json.dumps(meta))
+    server = ServerProcess("--model", str(tiny_model_dirs["llama"]), "--vectors", str(vectors),
+                           "--probes", str(tiny_artifacts["probes"]), "--api-key", API_KEY, "--admin-key", ADMIN_KEY,
+                           "--max-batch", "1", "--max-queue", "1")
+    yield server
+    server.stop()
 
 
 @pytest.fixture()
@@ -43,44 +65,93 @@ def test_page_asks_for_the_key_then_keeps_it_for_the_tab(tiny_server, browser, t
     assert page_errors(browser) == []
 
 
-def test_a_generation_on_the_tiny_model_matches_the_api(tiny_server, browser, tmp_path):
-    open_page(browser, tiny_server.url, key=API_KEY)
+def idle(server) -> bool:
+    health = httpx.get(server.url + "/health").json()
+    return health["batch_size"] == 0 and health["queue_depth"] == 0
+
+
+def test_a_generation_matches_the_api_and_its_snippets_reproduce_it(own_server, browser, tmp_path):
+    open_page(browser, own_server.url, key=API_KEY)
     browser.find_element(By.CSS_SELECTOR, 'input[name="mode"][value="single"]').click()
-    max_tokens = browser.find_element(By.ID, "max-tokens")
-    max_tokens.clear()
-    max_tokens.send_keys("6")
+    set_field(browser, "max-tokens", "6")
+    set_field(browser, "message", "He said \"it's fine\" and\nleft: $HOME `date` \\ ü")  # quotes a shell and Python must keep
     send_and_wait(browser)
     body = browser.execute_script("return window.playground.lastRequest()")
-    assert body["steer"] == [{"vector": "pull", "alpha": -6.0, "op": "add"}]  # first vector on, at its default alpha
+    assert body["messages"] == [{"role": "user", "content": "He said \"it's fine\" and\nleft: $HOME `date` \\ ü"}]
+    assert body["steer"] == [{"vector": "push", "alpha": 8.0, "op": "add"}]  # the first vector on, at its recommended alpha
     assert body["probes"] == {"alpha_probe": {"per_token": True}}
-    api = httpx.post(tiny_server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60).json()
-    cells = browser.find_elements(By.CSS_SELECTOR, ".answer .tok")
-    assert [float(c.get_attribute("data-score")) for c in cells] == pytest.approx(api["choices"][0]["probes"]["alpha_probe"]["per_token"], abs=1e-6)
-    assert browser.find_element(By.CSS_SELECTOR, ".answer .tokens").text.replace("\u200b", "") == api["choices"][0]["message"]["content"]
+    api = httpx.post(own_server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60).json()
+    content = api["choices"][0]["message"]["content"]
+    assert column_scores(browser)[0] == pytest.approx(api["choices"][0]["probes"]["alpha_probe"]["per_token"], abs=1e-6)
+    assert column_texts(browser)[0] == content
     screenshot(browser, tmp_path, "tiny-answer")
+
+    env = {**os.environ, "MLX_INTERP_API_KEY": API_KEY}
+    browser.find_element(By.ID, "copy-curl").click()
+    reply = json.loads(subprocess.run(["bash", "-c", browser.find_element(By.ID, "snippet").text], capture_output=True,
+                                      text=True, env=env, timeout=120, check=True).stdout)
+    assert reply["choices"][0]["message"]["content"] == content
+    browser.find_element(By.ID, "copy-python").click()
+    out = subprocess.run([sys.executable, "-c", browser.find_element(By.ID, "snippet").text], capture_output=True,
+                         text=True, env=env, timeout=120, check=True).stdout
+    assert out.startswith(f"0 {content!r}\n")
     assert page_errors(browser) == []
 
 
-def test_a_busy_server_shows_429_with_the_servers_message(tiny_model_dirs, tiny_artifacts, browser, tmp_path):
-    server = ServerProcess("--model", str(tiny_model_dirs["llama"]), "--vectors", str(tiny_artifacts["vectors"]),
-                           "--probes", str(tiny_artifacts["probes"]), "--max-batch", "1", "--max-queue", "1")
+def test_the_calibrated_range_is_marked_on_the_slider(own_server, browser, tmp_path):
+    open_page(browser, own_server.url, key=API_KEY)
+    row = browser.find_element(By.CSS_SELECTOR, '.vector[data-vector="tuned"]')
+    assert "recommended α 4 · coherent -2 … 5" in row.text
+    assert float(row.find_element(By.CSS_SELECTOR, 'input[type="range"]').get_attribute("max")) == 10  # twice the widest mark, rounded up
+    band = row.find_element(By.CSS_SELECTOR, ".slider .band")
+    track = row.find_element(By.CSS_SELECTOR, ".slider").rect
+    left = (band.rect["x"] - track["x"]) / track["width"]
+    width = band.rect["width"] / track["width"]
+    assert left == pytest.approx(8 / 20, abs=0.01) and width == pytest.approx(7 / 20, abs=0.01)  # -2..5 on -10..10
+    assert row.find_elements(By.CSS_SELECTOR, ".slider .tick")
+    number = row.find_element(By.CSS_SELECTOR, "input.alpha-number")
+    set_field(browser, number.get_attribute("id"), "6.5")
+    assert row.find_element(By.CSS_SELECTOR, ".range-warning").text == "outside the coherent range"
+    plain = browser.find_element(By.CSS_SELECTOR, '.vector[data-vector="push"]')
+    assert "not calibrated" in plain.text and not plain.find_elements(By.CSS_SELECTOR, ".slider .band")
+
+
+def test_stop_ends_a_stream_and_the_server_drops_it(own_server, browser, tmp_path):
+    open_page(browser, own_server.url, key=API_KEY)
+    browser.find_element(By.CSS_SELECTOR, 'input[name="mode"][value="single"]').click()
+    set_field(browser, "max-tokens", "2048")
+    # greedy decoding of this request does not end by itself soon, so only Stop can end it early
+    preview = {**browser.execute_script("return window.playground.nextRequest()"), "max_tokens": 64}
+    r = httpx.post(own_server.url + "/v1/chat/completions", json=preview, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    browser.find_element(By.ID, "send").click()
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".answer .tok")) >= 3, what="a few tokens")
+    browser.find_element(By.ID, "stop").click()
+    assert wait_for(lambda: browser.find_element(By.ID, "alert").text) == "Stopped."
+    assert browser.find_element(By.ID, "answers").get_attribute("data-state") == "failed"
+    assert browser.find_element(By.CSS_SELECTOR, ".answer .unfinished").text == "The answer was cut short (see the message above)."
+    wait_for(lambda: idle(own_server), what="the server to drop the stopped row")
+
+
+def test_a_busy_server_shows_429_with_the_servers_message(own_server, browser, tmp_path):
     long = {"model": "default", "messages": [{"role": "user", "content": "go"}], "max_tokens": 2048,
             "logit_bias": {"256": -100, "257": -100, "258": -100}}  # no end-of-text: runs all 2048 tokens
-    clients = [httpx.Client(base_url=server.url, timeout=120) for _ in range(2)]
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    clients = [httpx.Client(base_url=own_server.url, timeout=120, headers=auth) for _ in range(2)]
 
     def occupy(client):
         try:
             client.post("/v1/chat/completions", json=long)
         except httpx.HTTPError:
             pass  # cut off when the test closes its clients
+
     try:
-        open_page(browser, server.url)
-        running = threading.Thread(target=occupy, args=(clients[0],), daemon=True)
-        running.start()
-        wait_for(lambda: httpx.get(server.url + "/health").json()["batch_size"] == 1, what="a running request")
-        queued = threading.Thread(target=occupy, args=(clients[1],), daemon=True)
-        queued.start()
-        wait_for(lambda: httpx.get(server.url + "/health").json()["queue_depth"] == 1, what="a queued request")
+        open_page(browser, own_server.url, key=API_KEY)
+        wait_for(lambda: idle(own_server), what="an idle server")
+        threading.Thread(target=occupy, args=(clients[0],), daemon=True).start()
+        wait_for(lambda: httpx.get(own_server.url + "/health").json()["batch_size"] == 1, what="a running request")
+        threading.Thread(target=occupy, args=(clients[1],), daemon=True).start()
+        wait_for(lambda: httpx.get(own_server.url + "/health").json()["queue_depth"] == 1, what="a queued request")
         browser.find_element(By.ID, "send").click()
         alert = wait_for(lambda: browser.find_element(By.ID, "alert").text, what="the error")
         assert alert.startswith("The server is busy (429): the request queue is full (1 waiting, --max-queue)")
@@ -92,12 +163,12 @@ def test_a_busy_server_shows_429_with_the_servers_message(tiny_model_dirs, tiny_
     finally:
         for c in clients:
             c.close()
-        server.stop()
+    wait_for(lambda: idle(own_server), what="the server to drop the cut-off requests")
 
 
-def test_upload_and_delete_need_the_admin_key(tiny_server, tiny_llama, browser, tmp_path):
+def test_upload_and_delete_need_the_admin_key(own_server, tiny_llama, browser, tmp_path):
     make_vector(tiny_llama, "uploaded_dir", tmp_path / "files", seed=9)
-    open_page(browser, tiny_server.url, key=API_KEY)
+    open_page(browser, own_server.url, key=API_KEY)
     browser.find_element(By.ID, "tab-libraries").click()
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#probe-library .card[data-name="beta_probe"]'))
     text = browser.find_element(By.CSS_SELECTOR, '#probe-library .card[data-name="beta_probe"]').text
@@ -121,16 +192,16 @@ def test_upload_and_delete_need_the_admin_key(tiny_server, tiny_llama, browser, 
     assert delete.text == "Confirm: delete uploaded_dir"  # two presses, no dialog
     delete.click()
     wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, '#vector-library .card[data-name="uploaded_dir"]'), what="the card to go")
-    names = [v["name"] for v in httpx.get(tiny_server.url + "/v1/steering/vectors", headers={"Authorization": f"Bearer {API_KEY}"}).json()["data"]]
+    names = [v["name"] for v in httpx.get(own_server.url + "/v1/steering/vectors", headers={"Authorization": f"Bearer {API_KEY}"}).json()["data"]]
     assert "uploaded_dir" not in names
 
 
-def test_keyboard_only_and_a_narrow_window(tiny_server, tmp_path):
+def test_keyboard_only_and_a_narrow_window(own_server, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
     browser = start_browser(420, 900)
     try:
-        open_page(browser, tiny_server.url, key=API_KEY)
+        open_page(browser, own_server.url, key=API_KEY)
         width = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
         assert width[0] <= width[1], f"horizontal scrolling at 420px: {width}"
         # Ctrl+Enter in the message box sends; tokens are focusable and Enter opens their layer curve

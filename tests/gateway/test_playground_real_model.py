@@ -15,7 +15,7 @@ from selenium.webdriver.common.keys import Keys
 
 from browser_helpers import page_errors, start_browser, wait_for
 from gateway_helpers import ServerProcess
-from playground_helpers import column_scores, column_texts, open_page, screenshot, send_and_wait
+from playground_helpers import column_scores, column_texts, open_page, screenshot, send_and_wait, set_field
 
 pytestmark = [pytest.mark.integration, pytest.mark.server, pytest.mark.browser]
 
@@ -68,12 +68,6 @@ def api(server, body):
     r = httpx.post(server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=600)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def set_field(browser, element_id, text):
-    field = browser.find_element(By.ID, element_id)
-    field.clear()
-    field.send_keys(text)
 
 
 def choose_mode(browser, mode):
