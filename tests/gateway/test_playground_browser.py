@@ -29,7 +29,7 @@ def own_server(tiny_model_dirs, tiny_llama, tiny_artifacts, tmp_path_factory):
     make_vector(tiny_llama, "tuned", vectors, seed=5, alpha=3.0)
     meta_path = vectors / "tuned.json"
     meta = json.loads(meta_path.read_text())
-    meta.update({"calibrated": True, "coherent_range": [-2.0, 5.0], "recommended_alpha": 4.0})
+    meta.update({"calibrated": True, "calibration": {"coherent_range": [-2.0, 5.0], "recommended_alpha": 4.0}})
     meta_path.write_text(json.dumps(meta))
     server = ServerProcess("--model", str(tiny_model_dirs["llama"]), "--vectors", str(vectors),
                            "--probes", str(tiny_artifacts["probes"]), "--api-key", API_KEY, "--admin-key", ADMIN_KEY,
