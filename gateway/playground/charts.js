@@ -81,3 +81,38 @@ export function reliabilityChart(points, label, size = 150) {
   svg.append(el("text", { x: (PAD.left + w - PAD.right) / 2, y: size - 2, class: "axis", "text-anchor": "middle" }, "predicted → observed"));
   return svg;
 }
+
+// A vector's calibration sweep: how much each alpha's steered text costs under the unsteered model
+// (log-probability drop, nats per token), the limit calibration allowed, and the coherent range.
+// points: [{alpha, drop, coherent, sample}]
+export function coherenceChart({ points, maxDrop = null, range = null, label, width = 300, height = 150 }) {
+  const svg = frame(width, height, label);
+  const alphas = points.map((p) => p.alpha);
+  const lo = Math.min(...alphas, range ? range[0] : Infinity);
+  const hi = Math.max(...alphas, range ? range[1] : -Infinity);
+  const top = Math.max(...points.map((p) => p.drop), maxDrop ?? 0, 0.5) * 1.1;
+  const bottom = Math.min(0, ...points.map((p) => p.drop));
+  const x = (a) => PAD.left + ((a - lo) / (hi - lo || 1)) * (width - PAD.left - PAD.right);
+  const y = (d) => PAD.top + (1 - (d - bottom) / (top - bottom || 1)) * (height - PAD.top - PAD.bottom);
+  if (range) {
+    svg.append(el("rect", { x: x(range[0]), y: PAD.top, width: Math.max(1, x(range[1]) - x(range[0])), height: height - PAD.top - PAD.bottom, class: "coherent" }));
+  }
+  for (const d of [0, top / 1.1 / 2, top / 1.1]) {
+    svg.append(el("line", { x1: PAD.left, x2: width - PAD.right, y1: y(d), y2: y(d), class: "grid" }));
+    svg.append(el("text", { x: PAD.left - 4, y: y(d) + 4, class: "axis", "text-anchor": "end" }, d.toFixed(1)));
+  }
+  if (maxDrop !== null) svg.append(el("line", { x1: PAD.left, x2: width - PAD.right, y1: y(maxDrop), y2: y(maxDrop), class: "threshold" }));
+  const sorted = [...points].sort((a, b) => a.alpha - b.alpha);
+  svg.append(el("path", { d: sorted.map((p, i) => `${i ? "L" : "M"}${x(p.alpha).toFixed(1)},${y(p.drop).toFixed(1)}`).join(""), class: "series token" }));
+  for (const p of sorted) {
+    const dot = el("circle", { cx: x(p.alpha), cy: y(p.drop), r: 3, class: `dot ${p.coherent ? "token" : "incoherent"}` });
+    dot.append(el("title", {}, `alpha ${p.alpha}: ${p.drop.toFixed(2)} nats/token worse${p.coherent ? "" : " (incoherent)"}${p.sample ? ` — ${JSON.stringify(p.sample)}` : ""}`));
+    svg.append(dot);
+  }
+  for (const a of [lo, 0, hi]) {
+    if (a < lo || a > hi) continue;
+    svg.append(el("text", { x: x(a), y: height - PAD.bottom + 14, class: "axis", "text-anchor": "middle" }, `${Number(a.toPrecision(3))}`));
+  }
+  svg.append(el("text", { x: (PAD.left + width - PAD.right) / 2, y: height - 2, class: "axis", "text-anchor": "middle" }, "alpha → log-prob drop"));
+  return svg;
+}

@@ -1,8 +1,8 @@
 // The Libraries view: every loaded vector and probe with its metadata; upload and delete (admin key).
 
 import { ApiError, del, keys, postJSON } from "./api.js";
-import { reliabilityChart } from "./charts.js";
-import { layerList, probeAuroc, probeCalibrationCurve, vectorCalibration } from "./metadata.js";
+import { coherenceChart, reliabilityChart } from "./charts.js";
+import { layerList, probeAuroc, probeCalibrationCurve, vectorCalibration, vectorSweep } from "./metadata.js";
 
 const f3 = (x) => (typeof x === "number" && Number.isFinite(x) ? x.toFixed(3) : "—");
 const short = (sha) => (typeof sha === "string" ? sha.slice(0, 12) : "—");
@@ -85,7 +85,14 @@ export function renderVectors(container, items, onChanged, report) {
       ["sha256", short(v.sha256)],
       ["library", `${v.library || "—"}${v.writable ? " (uploads)" : " (read-only)"}`],
     ];
-    container.append(card(v, "steering vector", rows, null, onChanged, report));
+    const sweep = vectorSweep(v);
+    const extra = sweep
+      ? node("figure", { cls: "calibration" }, [
+          coherenceChart({ points: sweep.points, maxDrop: sweep.maxDrop, range: cal.range, label: `Calibration of ${v.name}: log-probability drop of the steered text at each alpha` }),
+          node("figcaption", { text: "calibration sweep: shaded = coherent range, dashed = the drop allowed, red = incoherent" }),
+        ])
+      : null;
+    container.append(card(v, "steering vector", rows, extra, onChanged, report));
   }
 }
 

@@ -106,3 +106,15 @@ export function layerList(layers) {
   }
   return parts.join(", ");
 }
+
+// A vector's calibration sweep (steering/calibration.py): [{alpha, drop, coherent, sample}] and the
+// drop it allowed; null when the metadata has no sweep.
+export function vectorSweep(meta) {
+  const cal = meta.calibration;
+  if (!cal || !Array.isArray(cal.sweep) || cal.sweep.length < 2) return null;
+  const points = cal.sweep
+    .filter((p) => p && isNum(p.alpha) && isNum(p.logprob_drop))
+    .map((p) => ({ alpha: p.alpha, drop: p.logprob_drop, coherent: p.coherent !== false, sample: typeof p.sample === "string" ? p.sample : "" }));
+  if (points.length < 2) return null;
+  return { points, maxDrop: isNum(cal.max_logprob_drop) ? cal.max_logprob_drop : null };
+}

@@ -19,6 +19,8 @@ from playground_helpers import column_scores, column_texts, enter_key, open_page
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 
+SWEEP = [(-4.0, 3.1), (-2.0, 1.0), (0.0, 0.0), (2.0, 0.5), (5.0, 2.0), (8.0, 4.2)]  # (alpha, log-prob drop)
+
 
 @pytest.fixture(scope="module")
 def own_server(tiny_model_dirs, tiny_llama, tiny_artifacts, tmp_path_factory):
@@ -29,7 +31,9 @@ def own_server(tiny_model_dirs, tiny_llama, tiny_artifacts, tmp_path_factory):
     make_vector(tiny_llama, "tuned", vectors, seed=5, alpha=3.0)
     meta_path = vectors / "tuned.json"
     meta = json.loads(meta_path.read_text())
-    meta.update({"calibrated": True, "calibration": {"coherent_range": [-2.0, 5.0], "recommended_alpha": 4.0}})
+    sweep = [{"alpha": a, "logprob_drop": d, "coherent": d <= 2.5, "sample": f"text at {a}"} for a, d in SWEEP]
+    meta.update({"calibrated": True, "calibration": {"coherent_range": [-2.0, 5.0], "recommended_alpha": 4.0,
+                                                     "max_logprob_drop": 2.5, "sweep": sweep}})
     meta_path.write_text(json.dumps(meta))
     server = ServerProcess("--model", str(tiny_model_dirs["llama"]), "--vectors", str(vectors),
                            "--probes", str(tiny_artifacts["probes"]), "--api-key", API_KEY, "--admin-key", ADMIN_KEY,
@@ -55,6 +59,11 @@ def test_page_asks_for_the_key_then_keeps_it_for_the_tab(tiny_server, browser, t
     names = wait_for(lambda: [e.get_attribute("data-vector") for e in browser.find_elements(By.CSS_SELECTOR, ".vector")])
     assert names == ["pull", "push"]
     assert not browser.find_element(By.ID, "alert").is_displayed()
+    # at 1280x800 the first slider, the message box and Send are all on screen without scrolling
+    fits = browser.execute_script(
+        "return ['message', 'send'].map(id => document.getElementById(id)).concat([document.querySelector('.vector input[type=range]')])"
+        ".every(e => { const r = e.getBoundingClientRect(); return r.top >= 0 && r.bottom <= window.innerHeight && r.right <= window.innerWidth; })")
+    assert fits and browser.execute_script("return window.innerWidth") == 1280
     models = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#model option")]
     assert models[0] == "default" and "pushed" in models
     # a reload in the same tab needs no retyping; the key is not in the page's markup
@@ -114,6 +123,13 @@ def test_the_calibrated_range_is_marked_on_the_slider(own_server, browser, tmp_p
     assert row.find_element(By.CSS_SELECTOR, ".range-warning").text == "outside the coherent range"
     plain = browser.find_element(By.CSS_SELECTOR, '.vector[data-vector="push"]')
     assert "not calibrated" in plain.text and not plain.find_elements(By.CSS_SELECTOR, ".slider .band")
+    # the Libraries view draws the calibration sweep: one dot per alpha, the incoherent ones marked
+    browser.find_element(By.ID, "tab-libraries").click()
+    card = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#vector-library .card[data-name="tuned"]'))[0]
+    assert "calibrated\nyes" in card.text and "coherent alpha range\n-2.000 … 5.000" in card.text
+    assert len(card.find_elements(By.CSS_SELECTOR, "svg circle.dot")) == len(SWEEP)
+    assert len(card.find_elements(By.CSS_SELECTOR, "svg circle.dot.incoherent")) == 2
+    screenshot(browser, tmp_path, "calibrated-vector")
 
 
 def test_stop_ends_a_stream_and_the_server_drops_it(own_server, browser, tmp_path):
