@@ -1,6 +1,6 @@
 // The Libraries view: every loaded vector and probe with its metadata; upload and delete (admin key).
 
-import { ApiError, del, keys, postJSON } from "./api.js";
+import { ApiError, del, postJSON } from "./api.js";
 import { coherenceChart, reliabilityChart } from "./charts.js";
 import { layerList, probeAuroc, probeCalibrationCurve, vectorCalibration, vectorSweep } from "./metadata.js";
 
@@ -151,8 +151,4 @@ export async function upload({ kind, name, jsonFile, tensorFile }) {
   const body = { name: name || metadata.name, metadata, safetensors: base64(await tensorFile.arrayBuffer()) };
   const path = kind === "probe" ? "/v1/probes" : "/v1/steering/vectors";
   return postJSON(path, body, { admin: true });
-}
-
-export function hasAdminKey() {
-  return Boolean(keys.admin());
 }

@@ -236,3 +236,32 @@ def test_keyboard_only_and_a_narrow_window(own_server, tmp_path):
         screenshot(browser, tmp_path, "narrow")
     finally:
         browser.quit()
+
+
+def test_op_layers_scope_and_value_go_into_the_request(own_server, browser):
+    from selenium.webdriver.support.select import Select
+
+    open_page(browser, own_server.url, key=API_KEY)
+    browser.find_element(By.CSS_SELECTOR, 'input[name="mode"][value="single"]').click()
+    row = browser.find_element(By.CSS_SELECTOR, '.vector[data-vector="push"]')
+    Select(row.find_element(By.CSS_SELECTOR, 'select[id$="-op"]')).select_by_value("clamp")
+    Select(row.find_element(By.CSS_SELECTOR, 'select[id$="-scope"]')).select_by_value("generation")
+    set_field(browser, row.find_element(By.CSS_SELECTOR, 'input[id$="-value"]').get_attribute("id"), "1.5")
+    layers = row.find_element(By.CSS_SELECTOR, 'input[id$="-layers"]')
+    set_field(browser, layers.get_attribute("id"), "1, 3")
+    tuned = browser.find_element(By.CSS_SELECTOR, '.vector[data-vector="tuned"]')
+    tuned.find_element(By.CSS_SELECTOR, 'input[type="checkbox"]').click()
+    steer = browser.execute_script("return window.playground.nextRequest()")["steer"]
+    assert steer == [{"vector": "push", "alpha": 8, "op": "clamp", "layers": [1, 3], "scope": "generation", "value": 1.5},
+                     {"vector": "tuned", "alpha": 4, "op": "add"}]
+    set_field(browser, layers.get_attribute("id"), "2-3")
+    assert browser.execute_script("return window.playground.nextRequest()")["steer"][0]["layers"] == "2-3"
+    # settings the page cannot turn into a request are named before anything is sent
+    set_field(browser, layers.get_attribute("id"), "first few")
+    browser.find_element(By.ID, "send").click()
+    assert browser.find_element(By.ID, "alert").text.startswith('layers "first few": use a range like 8-16')
+    set_field(browser, layers.get_attribute("id"), "")
+    set_field(browser, "guard", "[{not json")
+    browser.find_element(By.ID, "send").click()
+    assert browser.find_element(By.ID, "alert").text.startswith("guard rules are not valid JSON")
+    assert browser.find_element(By.ID, "answers").get_attribute("data-state") is None  # nothing was sent
