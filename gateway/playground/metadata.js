@@ -118,3 +118,11 @@ export function vectorSweep(meta) {
   if (points.length < 2) return null;
   return { points, maxDrop: isNum(cal.max_logprob_drop) ? cal.max_logprob_drop : null };
 }
+
+// The threshold one token's score is judged by: a token probe's own per-token threshold where it
+// has one, else the probe's (response) threshold.
+export function tokenThreshold(meta) {
+  if (!meta) return null;
+  if (typeof meta.token_threshold === "number") return meta.token_threshold;
+  return typeof meta.threshold === "number" ? meta.threshold : null;
+}
