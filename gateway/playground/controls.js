@@ -52,7 +52,9 @@ export function vectorControl(meta, s, settingsChanged) {
   const bits = [];
   if (cal.recommended !== null) bits.push(`recommended α ${cal.recommended}`);
   bits.push(cal.range ? `coherent ${cal.range[0]} … ${cal.range[1]}` : "not calibrated");
-  if (cal.unit) bits.push(`unit: ${cal.unit}`);
+  // The contract's unit (total shift in class-mean differences) needs no note; imported control
+  // vectors keep llama.cpp's per-layer meaning, and the slider should say so.
+  if (cal.unit && cal.unit !== "class_mean_total") bits.push(cal.unit === "per_layer" ? "alpha per layer (llama.cpp meaning)" : `unit: ${cal.unit}`);
   info.textContent = bits.join(" · ");
   head.append(on, onLabel, info);
 
