@@ -66,6 +66,12 @@ def test_page_asks_for_the_key_then_keeps_it_for_the_tab(tiny_server, browser, t
     assert fits and browser.execute_script("return window.innerWidth") == 1280
     models = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#model option")]
     assert models[0] == "default" and "pushed" in models
+    from selenium.webdriver.support.select import Select
+
+    Select(browser.find_element(By.ID, "model")).select_by_value("pushed")  # a preset: its steering is named
+    note = browser.find_element(By.ID, "preset-note")
+    assert note.is_displayed() and 'steer {"push":8}' in note.text
+    assert browser.execute_script("return window.playground.nextRequest()")["model"] == "pushed"
     # a reload in the same tab needs no retyping; the key is not in the page's markup
     browser.refresh()
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".vector"))
