@@ -18,9 +18,20 @@ export function scoreColour(score) {
   return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
 }
 
-// Dark text on the light end of the scale, light text on the dark end (WCAG contrast either way).
+// WCAG relative luminance of an [r, g, b] colour (0-255 channels).
+function luminance(c) {
+  const lin = c.map((v) => {
+    const x = v / 255;
+    return x <= 0.03928 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2];
+}
+
+// Black or white text, whichever contrasts more with the cell: at least 4.5:1 anywhere on the scale.
 export function textColour(score) {
-  return score >= 0.55 ? "#111" : "#fff";
+  const m = scoreColour(score).match(/\d+/g).map(Number);
+  const l = luminance(m);
+  return (l + 0.05) / 0.05 >= 1.05 / (l + 0.05) ? "#000" : "#fff";
 }
 
 export function buildLegend(container, { probe = null, threshold = null } = {}) {

@@ -4,6 +4,7 @@ in test_playground_real_model.py): keys, errors, libraries, layout. Screenshots 
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -80,6 +81,18 @@ def test_page_asks_for_the_key_then_keeps_it_for_the_tab(tiny_server, browser, t
     assert page_errors(browser) == []
 
 
+def contrast(css_a: str, css_b: str) -> float:
+    """WCAG contrast ratio of two CSS rgb()/rgba() colours."""
+
+    def luminance(css):
+        r, g, b = (int(v) / 255 for v in re.findall(r"[\d.]+", css)[:3])
+        lin = [x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4 for x in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((luminance(css_a), luminance(css_b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
 def idle(server) -> bool:
     health = httpx.get(server.url + "/health").json()
     return health["batch_size"] == 0 and health["queue_depth"] == 0
@@ -99,6 +112,8 @@ def test_a_generation_matches_the_api_and_its_snippets_reproduce_it(own_server, 
     content = api["choices"][0]["message"]["content"]
     assert column_scores(browser)[0] == pytest.approx(api["choices"][0]["probes"]["alpha_probe"]["per_token"], abs=1e-6)
     assert column_texts(browser)[0] == content
+    for cell in browser.find_elements(By.CSS_SELECTOR, ".answer .tok[data-score]"):  # readable text on every colour
+        assert contrast(cell.value_of_css_property("color"), cell.value_of_css_property("background-color")) >= 4.5
     screenshot(browser, tmp_path, "tiny-answer")
 
     env = {**os.environ, "MLX_INTERP_API_KEY": API_KEY}
