@@ -22,6 +22,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.server, pytest.mark.browser]
 KEY = "real-playground-key"
 ADMIN = "real-playground-admin"
 RANDOM_PROBE = "zz_random_token"
+# The same request sent twice has agreed to within 1e-5 here but not always bit for bit (8e-6 seen on one
+# token; a repeat can reuse the cached prompt prefix, a different float path). The page shows 3 decimals.
+SCORE_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +96,7 @@ def test_a_steered_message_streams_and_the_heat_map_carries_the_apis_scores(real
     body = browser.execute_script("return window.playground.lastRequest()")
     assert body["steer"][0]["vector"] == "green_red" and body["temperature"] == 0
     whole = api(real, body)["choices"][0]
-    assert column_scores(browser)[0] == pytest.approx(whole["probes"][probe]["per_token"], abs=1e-6)
+    assert column_scores(browser)[0] == pytest.approx(whole["probes"][probe]["per_token"], abs=SCORE_TOLERANCE)
     assert column_texts(browser)[0].strip() == whole["message"]["content"].strip()
     foot = browser.find_element(By.CSS_SELECTOR, f'.answer .probe-result[data-probe="{probe}"]')
     assert foot.get_attribute("data-flagged") == str(whole["probes"][probe]["flagged"]).lower()
@@ -142,7 +145,7 @@ def test_a_slider_steers_the_next_request_and_side_by_side_reproduces_as_curl_an
     probe = next(iter(body["probes"]))
     for i, choice in enumerate(reply["choices"]):
         assert choice["message"]["content"].strip() == texts[i].strip()
-        assert choice["probes"][probe]["per_token"] == pytest.approx(scores[i], abs=1e-6)
+        assert choice["probes"][probe]["per_token"] == pytest.approx(scores[i], abs=SCORE_TOLERANCE)
     assert reply["steering"]["applied"][0]["alpha"] == pytest.approx(after)
 
     browser.find_element(By.ID, "copy-python").click()
