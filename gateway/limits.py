@@ -38,6 +38,8 @@ class Limits:
     max_batch: int = _limit(16, "rows (choices) decoded together in one forward pass")
     prompt_cache_entries: int = _limit(8, "prompt KV caches kept for prefix reuse (least recently used dropped)")
     max_header_chars: int = _limit(4096, "longest X-Steer / X-Probes header")
+    max_guard_rules: int = _limit(8, "most guard rules per request (body and preset together)")
+    max_guard_tokens: int = _limit(64, "largest for_tokens of a guard rule (consecutive tokens above the threshold)")
 
 
 def limit_docs() -> list[tuple[str, object, str]]:
