@@ -286,3 +286,26 @@ def test_op_layers_scope_and_value_go_into_the_request(own_server, browser):
     browser.find_element(By.ID, "send").click()
     assert browser.find_element(By.ID, "alert").text.startswith("guard rules are not valid JSON")
     assert browser.find_element(By.ID, "answers").get_attribute("data-state") is None  # nothing was sent
+
+
+def test_guard_events_are_marked_where_they_fired(own_server, browser, tmp_path):
+    rules = [{"probe": "alpha_probe", "above": 0.0, "for_tokens": 2, "then": "stop"}]
+    open_page(browser, own_server.url, key=API_KEY)
+    browser.find_element(By.CSS_SELECTOR, 'input[name="mode"][value="single"]').click()
+    set_field(browser, "max-tokens", "8")
+    set_field(browser, "guard", json.dumps(rules))
+    send_and_wait(browser)
+    body = browser.execute_script("return window.playground.lastRequest()")
+    assert body["guard"] == rules
+    api = httpx.post(own_server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60).json()
+    choice = api["choices"][0]
+    fired = choice["guard"]["fired"]
+    assert fired and choice["finish_reason"] == "content_filter"
+    marked = [int(e.get_attribute("data-index")) for e in browser.find_elements(By.CSS_SELECTOR, ".answer .tok.guarded")]
+    assert marked == [ev["token_index"] for ev in fired]
+    foot = browser.find_element(By.CSS_SELECTOR, ".answer .answer-foot").text
+    assert "finish: content_filter (stopped by a guard)" in foot
+    assert f"⚑ guard rule 0 fired at token {fired[0]['token_index']}" in foot
+    browser.find_elements(By.CSS_SELECTOR, ".answer .tok.guarded")[0].click()
+    assert "⚑ guard rule 0 fired here: stop" in browser.find_element(By.ID, "token-detail").text
+    screenshot(browser, tmp_path, "guard")
