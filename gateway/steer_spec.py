@@ -55,9 +55,9 @@ def _number(value, where: str, limits: Limits, param: str, what: str = "alpha", 
     name = "max_clamp_value" if what == "value" else ALPHA_LIMIT_FIELD[op]
     bound = getattr(limits, name)
     if abs(value) > bound:
-        label = f"{what} of {op}" if what == "alpha" else what
+        for_op = f" for {op}" if what == "alpha" else ""
         raise BadRequest(
-            f"{where}: |{label}| must be at most {bound:g} (--{name.replace('_', '-')}), got {value!r}", param=param
+            f"{where}: |{what}| must be at most {bound:g}{for_op} (--{name.replace('_', '-')}), got {value!r}", param=param
         )
     return float(value)
 
