@@ -21,6 +21,14 @@ def route_label(path: str) -> str:
     return path if path in known else "other"
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """A fixed label set: made-up methods (one label each) used to grow /metrics without bound."""
+    return method if method in METHODS else "other"
+
+
 @dataclass
 class Metrics:
     requests: Counter = field(default_factory=Counter)  # (route, method, status)
@@ -30,7 +38,7 @@ class Metrics:
     probes: Counter = field(default_factory=Counter)  # probe name
 
     def observe_request(self, path: str, method: str, status: int) -> None:
-        self.requests[(route_label(path), method, status)] += 1
+        self.requests[(route_label(path), method_label(method), status)] += 1
 
     def observe_generation(self, spec, completion_tokens: int) -> None:
         self.prompt_tokens += spec.prompt_tokens

@@ -14,6 +14,11 @@ import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
 
+# Below this, temperature and top_p both mean "the most likely token": 1/temperature would overflow
+# float32 (1e-40 -> inf, NaN logits) and top_p would round to 0 in float32 (1e-300 -> index out of range).
+GREEDY_BELOW = 1e-6
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 1.0
@@ -29,7 +34,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW or self.top_p < GREEDY_BELOW
 
 
 class RowSampler:
