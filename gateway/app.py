@@ -21,6 +21,7 @@ from mlx_interp.steering.artifacts import ArtifactError, check_name
 
 from . import auth, origin
 from .catalog import ReadOnlyArtifact
+from .edge import check_head
 from .errors import (
     APIError,
     BadRequest,
@@ -96,6 +97,7 @@ class Guard:
         try:
             headers = Headers(scope=scope)
             try:
+                check_head(scope)
                 origin.check_host(self.gw.allowed_hosts, headers)
                 origin.check_origin(scope, headers, self.gw.cors_origins)
                 if scope["path"] not in auth.OPEN_PATHS:

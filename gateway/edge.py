@@ -20,7 +20,10 @@ import time
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .errors import HeadersTooLarge
+
 MAX_HEAD_BYTES = 32 * 1024  # request line + headers; h11 refuses a head that grows past this
+MAX_HEADERS = 100  # header lines in one request
 FLOOD_LOG_EVERY_S = 60.0
 
 log = logging.getLogger("mlx_interp.gateway")
@@ -131,6 +134,16 @@ def edge_protocol(max_connections: int, header_timeout_s: float) -> type:
             self.transport.close()
 
     return EdgeProtocol
+
+
+def check_head(scope) -> None:
+    """h11 bounds a head that arrives in pieces; one that arrives whole is checked here, before any route runs."""
+    headers = scope.get("headers") or []
+    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(len(k) + len(v) + 4 for k, v in headers)
+    if len(headers) > MAX_HEADERS:
+        raise HeadersTooLarge(f"request has {len(headers)} headers; the limit is {MAX_HEADERS}")
+    if size > MAX_HEAD_BYTES:
+        raise HeadersTooLarge(f"request head is {size} bytes; the limit is {MAX_HEAD_BYTES}")
 
 
 def quiet_floods() -> None:

@@ -103,6 +103,7 @@ class Engine:
         self._thread = threading.Thread(target=self._main, name="mlx-interp-model", daemon=True)
         self.batch_size = 0  # rows decoding now (read by /metrics)
         self.steps = 0
+        self.prefill_chunks = 0
 
     # -- called from the event loop ---------------------------------------------------------
     def start(self) -> None:
@@ -184,7 +185,7 @@ class Engine:
         batch = self._batch
         cur: list[Part] | None = None
         while True:
-            idle = cur is None and not self._waiting and not self._admitting
+            idle = cur is None and not self._waiting and not self._admitting and not self._prefilling
             if not self._pull(block=idle):
                 return
             try:
@@ -314,7 +315,8 @@ class Engine:
             held[adm.job] = held.get(adm.job, 0) + 1
             self._guarded(adm, parts, lambda: self._grant(adm, parts))
         self._prefill_round(parts)
-        self._admitting = [a for a in self._admitting if not a.finished and not a.job.cancelled]
+        self._admitting = [a for a in self._admitting if not a.finished]
+        self._drop_cancelled_admissions()  # prefills and admissions leave together, never one without the other
         self.batch_size = len(self._batch)
         return parts or None
 
@@ -379,19 +381,23 @@ class Engine:
         for _ in range(len(self._prefilling)):
             if budget <= 0 or not self._prefilling:
                 break
-            adm, group = self._prefilling.popleft()
+            adm, group = self._prefilling[0]  # stays in the line while it runs: /health counts it
             if adm.job.cancelled:
+                self._prefilling.popleft()
                 continue
             size = min(group.task.tokens_left, budget)
             budget -= size
             self._guarded(adm, parts, lambda: self._prefill_chunk(adm, group, parts, size))
 
     def _prefill_chunk(self, adm: Admission, group: PromptGroup, parts: list, size: int) -> None:
-        """One chunk of one prompt; a finished prompt posts its readings and its first choice joins the batch."""
+        """One chunk of the prompt at the head of the line; a finished prompt leaves the line, posts its
+        readings, and its first choice joins the batch. An unfinished one goes to the back."""
         pre = group.task.advance(size)
+        self.prefill_chunks += 1
         if pre is None:
-            self._prefilling.append((adm, group))
+            self._prefilling.rotate(-1)
             return
+        self._prefilling.popleft()
         group.task = None
         spec = adm.job.spec
         if not bool(mx.isfinite(pre.logits).all()):

@@ -71,6 +71,11 @@ class PayloadTooLarge(APIError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(APIError):
+    status = 431
+    code = "headers_too_large"
+
+
 class UnsupportedMediaType(APIError):
     status = 415
     code = "unsupported_media_type"

@@ -65,6 +65,8 @@ class Metrics:
         metric("queue_depth", "gauge", "requests waiting for a batch slot", [({}, engine.queue_depth)])
         metric("batch_size", "gauge", "rows in the running decode batch", [({}, engine.batch_size)])
         metric("decode_steps_total", "counter", "batched decode steps run", [({}, engine.steps)])
+        metric("prefill_chunks_total", "counter", "prompt chunks read (decode steps run between them)",
+               [({}, getattr(engine, "prefill_chunks", 0))])
         metric("steering_requests_total", "counter", "requests steered, by vector",
                [({"vector": v}, c) for v, c in sorted(self.steering.items())])
         metric("probe_requests_total", "counter", "requests probed, by probe",
