@@ -39,7 +39,7 @@ import numpy as np
 from mlx_interp.steering.generation import steering_session
 
 from .admission import Admission, PromptGroup
-from .errors import QueueFull, Unavailable, as_api_error
+from .errors import QueueFull, Unavailable, as_api_error, one_line
 from .events import ChoiceEnd, Failed, Job, PromptRead
 from .limits import Limits
 from .numerics import finite_rows, non_finite_error
@@ -155,7 +155,7 @@ class Engine:
                 self._loop()
         except BaseException as exc:  # noqa: BLE001 - reported to start() or logged
             self._failure = exc
-            log.error("model thread stopped: %s: %s", type(exc).__name__, exc)
+            log.error("model thread stopped: %s", one_line(exc))
             if self._ready.is_set():  # it was serving: nobody may wait for it
                 self._fail_everything(Unavailable("the model thread stopped; the server is restarting"))
                 if self.on_death is not None:
@@ -195,8 +195,7 @@ class Engine:
                 nxt = self._drop_finished(nxt)
                 cur = self._admit(nxt)
             except Exception as exc:  # noqa: BLE001 - a failed step fails the rows in it, not the thread
-                log.exception("decode step failed")
-                err = as_api_error(exc)
+                err = as_api_error(exc)  # one log line for the step, however many requests it fails
                 # Every job with a row in the batch fails, finished rows included: a step that
                 # raised posted none of its events, so a row that ended in it never told its client.
                 for job in dict.fromkeys(row.job for row in batch.uids):
@@ -346,10 +345,7 @@ class Engine:
         try:
             work()
         except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
-            err = as_api_error(exc)
-            if err.status >= 500:
-                log.error("request failed in the model thread: %s: %s", type(exc).__name__, exc)
-            self._fail_job(adm.job, err, parts)
+            self._fail_job(adm.job, as_api_error(exc), parts)  # a 500 is logged there, in one line
 
     def _fail_job(self, job: Job, err, parts: list) -> None:
         job.cancelled = True

@@ -128,6 +128,7 @@ def as_api_error(exc: BaseException) -> APIError:
             return err
         return cls(str(exc.detail))
     log.error("internal error: %s", one_line(exc))
+    log.debug("traceback of the internal error above", exc_info=(type(exc), exc, exc.__traceback__))
     return ServerError("the server hit an internal error while handling this request")
 
 

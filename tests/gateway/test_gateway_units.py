@@ -208,7 +208,7 @@ def test_a_request_that_fails_in_the_model_thread_fails_alone(tiny_llama):
     assert not hooks_installed(tiny_llama.model)
 
 
-def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_llama, monkeypatch):
+def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_llama, monkeypatch, caplog):
     """A step that raises posts none of its events, so a row that ended in that step must fail too, not hang."""
     import asyncio
 
@@ -253,6 +253,9 @@ def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_l
         engine.stop()
     assert isinstance(seen[True][-1], Failed) and seen[True][-1].error.status == 500
     assert isinstance(seen[False][-1], Failed) and seen[False][-1].error.status == 500
+    errors = [r for r in caplog.records if r.name == "mlx_interp.gateway" and r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is None  # one line for the failed step, no traceback
+    assert "detokenizer exploded" in errors[0].getMessage()
 
 
 def test_jobs_cancelled_while_queued_give_their_queue_places_back_at_once(tiny_llama):
