@@ -70,8 +70,11 @@ def main() -> int:
     ap.add_argument("--prompt-cache-bytes", type=int, default=None, help="passed to serve (default: the server's)")
     args = ap.parse_args()
 
+    import signal
+
     import httpx
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed bench still stops its server (finally)
     port = free_port()
     cmd = [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", args.model_dir, "--port", str(port)]
     if args.prompt_cache_bytes:
@@ -98,17 +101,23 @@ def main() -> int:
         big_r, big_s = small_latency["big"]
         rows.append(("big-request", w, f"{args.prompts}x{args.n} rows: {big_r.status_code} in {big_s:.1f}s; "
                      f"4-token request beside it: {small_latency['small'][1]:.1f}s"))
+        report(rows[-1:], header=True)
         with RssWatch(pid) as w:
             for i in range(args.cache_prompts):
                 body = {"model": "default", "prompt": words(1000, 100 + i), "max_tokens": 1}
                 httpx.post(server.url + "/v1/completions", json=body, timeout=1800).raise_for_status()
         rows.append(("prompt-cache", w, f"{args.cache_prompts} distinct ~1k-token prompts"))
+        report(rows[-1:])
     finally:
         server.stop()
-    print(f"{'case':14} {'before MB':>10} {'peak MB':>10} {'after MB':>10}  notes")
-    for name, w, note in rows:
-        print(f"{name:14} {w.before:10.0f} {w.peak:10.0f} {w.after:10.0f}  {note}")
     return 0
+
+
+def report(rows, header: bool = False) -> None:
+    if header:
+        print(f"{'case':14} {'before MB':>10} {'peak MB':>10} {'after MB':>10}  notes")
+    for name, w, note in rows:
+        print(f"{name:14} {w.before:10.0f} {w.peak:10.0f} {w.after:10.0f}  {note}", flush=True)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
     limits = gateway.limits
     config = uvicorn.Config(
         create_app(gateway), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-        loop="asyncio", http=edge_protocol(limits.max_connections, limits.header_timeout_s),
+        loop="asyncio", http=edge_protocol(connection_cap(limits.max_connections), limits.header_timeout_s),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES, timeout_keep_alive=limits.keep_alive_s,
         timeout_graceful_shutdown=limits.drain_s,  # SIGTERM: running requests get this long, then are cancelled
     )
@@ -110,6 +110,21 @@ def serve(args: argparse.Namespace) -> int:
         print(f"exiting: the model thread stopped ({gateway.engine.failure})", file=sys.stderr, flush=True)
         return EXIT_MODEL_THREAD_DIED
     return 0
+
+
+FD_RESERVE = 64  # file descriptors kept for the model, libraries and logs, beyond client connections
+
+
+def connection_cap(wanted: int) -> int:
+    """--max-connections, lowered to fit the process's file-descriptor limit (mlx-lm raises it to 2048 at import)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and wanted > soft - FD_RESERVE:
+        fitted = max(1, soft - FD_RESERVE)
+        print(f"--max-connections {wanted} does not fit the file-descriptor limit {soft}; using {fitted}", file=sys.stderr)
+        return fitted
+    return wanted
 
 
 def loopback_host_names(port: int) -> frozenset[str]:

@@ -303,7 +303,7 @@ class Engine:
         self._forget_cancelled()
         self._drop_cancelled_admissions()
         free = self.limits.max_batch - len(self._batch) - len(self._prefilling)
-        held = {}
+        held = {adm.job: adm.prefilling for adm in self._admitting}  # slots each request holds: prompts and rows
         for row in self._batch.uids:
             held[row.job] = held.get(row.job, 0) + 1
         while free > 0:
@@ -324,7 +324,7 @@ class Engine:
         best, best_rank = None, None
         for adm in self._admitting:
             if adm.next_claim() is not None:
-                rank = (held.get(adm.job, 0) + 0, adm.order)
+                rank = (held.get(adm.job, 0), adm.order)
                 if best_rank is None or rank < best_rank:
                     best, best_rank = adm, rank
         if best is not None and best_rank[0] == 0:
