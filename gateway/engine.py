@@ -368,6 +368,8 @@ class Engine:
             list(group.tokens), group.choices[0].interventions, cache=cache, cached_tokens=cached,
             capture_all=capture_all, chunk=self.limits.prefill_chunk_tokens,
         )
+        if capture_all:  # keep per-token probe scores, not every token's every layer, while a long prompt is read
+            group.task.reduce = lambda states: self._prompt_scores(spec, states)
         self._prefilling.append((adm, group))
 
     def _prefill_round(self, parts: list) -> None:
@@ -408,7 +410,7 @@ class Engine:
             cols = [bank.index(column_key(r)) for r in spec.probes]
             reading = np.array(bank.scores(pre.hidden_last[None]))[0][:, cols].T
             if capture_all:
-                per_token = np.array(bank.scores(pre.hidden_all))[:, :, cols]  # (T, L, P)
+                per_token = pre.hidden_all  # (T, L, P): reduced chunk by chunk (_prompt_scores)
                 token_readings = [per_token[t].T for t in range(per_token.shape[0])]
         events = [PromptRead(c.index, reading, token_readings, group.cached_tokens) for c in group.choices]
         if spec.max_tokens == 0:
@@ -419,6 +421,13 @@ class Engine:
         adm.job.post(events)
         group.pre = pre
         parts.append(self._join(adm, group))  # the slot this prompt held becomes its first row
+
+    def _prompt_scores(self, spec, states) -> np.ndarray:
+        """(t, L, D) prompt states -> (t, L, P) scores of spec's probes, in spec's order."""
+        self._probes.ensure(self._running_specs(), extra=spec.probes)
+        bank = self._probes.bank
+        cols = [bank.index(column_key(r)) for r in spec.probes]
+        return np.array(bank.scores(states))[:, :, cols]
 
     def _join(self, adm: Admission, group: PromptGroup) -> Part:
         job, c = adm.job, group.choices.popleft()

@@ -24,7 +24,7 @@ class Prefill:
     logits: object  # mx.array (V,) at the last prompt token
     cache: list  # the row's own mlx-lm cache
     hidden_last: object | None  # mx.array (L, D) last prompt token, steered, if captured
-    hidden_all: object | None = None  # mx.array (T, L, D) every processed prompt token, if asked
+    hidden_all: object | None = None  # (T, L, D) every processed prompt token, if asked (or what `reduce` made of it)
 
 
 @dataclass
@@ -43,6 +43,9 @@ class PrefillTask:
     cache: list
     capture_all: bool
     chunk: int = PREFILL_CHUNK
+    # With capture_all: maps each chunk's (t, L, D) states to what is kept of them, so a long prompt
+    # need not hold every token's every layer (e.g. to probe scores). None keeps the states.
+    reduce: object = None
     logits: object = None
     chunks_all: list = field(default_factory=list)
 
@@ -65,7 +68,8 @@ class PrefillTask:
             out = self.batch.lm.model(mx.array([piece]), cache=self.cache)
             self.logits = out[0, -1]
             if self.capture_all and recorder.outputs:
-                self.chunks_all.append(self.batch._stack_all())
+                states = self.batch._stack_all()
+                self.chunks_all.append(states if self.reduce is None else self.reduce(states))
             mx.eval(self.logits, [c.state for c in self.cache], list(recorder.outputs.values()))
             if self.remaining:
                 return None
@@ -73,8 +77,17 @@ class PrefillTask:
         finally:
             recorder.last_only = True
             hook.steering = self.batch._steering
-        hidden_all = mx.concatenate(self.chunks_all, axis=0) if self.chunks_all else None
+        hidden_all = None
+        if self.chunks_all:
+            first = self.chunks_all[0]
+            hidden_all = mx.concatenate(self.chunks_all, axis=0) if isinstance(first, mx.array) else _concat(self.chunks_all)
         return Prefill(logits=self.logits, cache=self.cache, hidden_last=hidden_last, hidden_all=hidden_all)
+
+
+def _concat(parts):
+    import numpy as np
+
+    return np.concatenate(parts, axis=0)
 
 
 @contextmanager

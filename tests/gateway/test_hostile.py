@@ -308,3 +308,18 @@ def test_sigterm_drains_for_the_configured_time_then_cancels(tiny_model_dirs):
                     pass
     finally:
         server.stop()
+
+
+def test_per_token_prompt_scores_do_not_depend_on_the_chunk_size(keyless, tiny_server):
+    """Echoed per-token probe scores are reduced chunk by chunk; 8-token chunks must match one 512-token pass."""
+    from conftest import API_KEY
+
+    body = {"model": "default", "prompt": "the quick brown fox jumps over the lazy dog " * 2, "max_tokens": 0,
+            "echo": True, "probes": {"alpha_probe": {"per_token": True}}}
+    chunked = _post(keyless.url, "/v1/completions", body).json()["choices"][0]["probes"]["alpha_probe"]
+    whole = _post(tiny_server.url, "/v1/completions", body, headers={"Authorization": f"Bearer {API_KEY}"})
+    whole = whole.json()["choices"][0]["probes"]["alpha_probe"]
+    assert len(chunked["per_token"]) == len(whole["per_token"]) > 80
+    for a, b in zip(chunked["per_token"], whole["per_token"]):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert chunked["prompt_score"] == pytest.approx(whole["prompt_score"], abs=1e-4)
