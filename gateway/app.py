@@ -7,6 +7,7 @@ import binascii
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -22,24 +23,21 @@ from mlx_interp.steering.artifacts import ArtifactError, check_name
 from . import auth, origin
 from .catalog import ReadOnlyArtifact
 from .edge import check_head
-from .errors import (
-    APIError,
-    BadRequest,
-    Conflict,
-    NotFound,
-    PayloadTooLarge,
-    Unavailable,
-    Unprocessable,
-    error_response,
-    one_line,
-    starlette_handler,
-)
-from .jsonio import JSONResponse, dumps, nesting_depth, read_json_object
+from .errors import APIError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable, Unprocessable, one_line
+from .jsonio import JSONResponse, dumps, error_response, nesting_depth, read_json_object, starlette_handler
 from .limits import Limits
 from .metrics import Metrics
 from .protocol import CHAT, TEXT, model_object, now
 from .responder import Run, SSEResponse, wait_for_response
 from .validation import Context, parse_request
+
+if TYPE_CHECKING:
+    from mlx_interp.probes.probe import Probe
+    from mlx_interp.steering.model import LoadedModel
+    from mlx_interp.steering.vectors import SteeringVector
+
+    from .catalog import Shelf
+    from .engine import Engine
 
 UPLOAD_FIELDS = {"name", "metadata", "safetensors"}
 MAX_METADATA_DEPTH = 32  # an artifact's JSON is flat in practice; 600 levels used to hit Python's recursion limit
@@ -52,10 +50,10 @@ log = logging.getLogger("mlx_interp.gateway")
 class Gateway:
     """Everything the routes share: the model's engine, the libraries, the limits and keys."""
 
-    lm: object
-    engine: object
-    vectors: object  # catalog.Shelf of steering vectors
-    probes: object  # catalog.Shelf of probes
+    lm: LoadedModel
+    engine: Engine
+    vectors: Shelf[SteeringVector]
+    probes: Shelf[Probe]
     limits: Limits
     keys: auth.Keys = field(default_factory=auth.Keys)
     presets: dict = field(default_factory=dict)

@@ -17,7 +17,6 @@ import json
 import logging
 import time
 
-import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import HeadersTooLarge

@@ -132,17 +132,6 @@ def as_api_error(exc: BaseException) -> APIError:
     return ServerError("the server hit an internal error while handling this request")
 
 
-def error_response(exc: BaseException):
-    from .jsonio import JSONResponse
-
-    err = as_api_error(exc)
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-
-async def starlette_handler(request, exc):
-    return error_response(exc)
-
-
 def one_line(exc: BaseException) -> str:
     """An exception as one log line: type, message (cut) and where it was raised."""
     import traceback

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from .errors import BadRequest, ClientGone, PayloadTooLarge, UnsupportedMediaType
+from .errors import BadRequest, ClientGone, PayloadTooLarge, UnsupportedMediaType, as_api_error
 
 
 def _refuse_constant(token: str):
@@ -127,3 +127,14 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
+
+
+# The error body goes out through the strict encoder too. It lives here, not in
+# errors.py, so that errors.py imports nothing of the gateway (no import loop).
+def error_response(exc: BaseException) -> JSONResponse:
+    err = as_api_error(exc)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+async def starlette_handler(request, exc) -> JSONResponse:
+    return error_response(exc)
