@@ -36,6 +36,7 @@ class PromptGroup:
     task: object = None  # steering.generation.PrefillTask while prefilling
     pre: object = None  # steering.generation.Prefill once read, until its last choice joins the batch
     cached_tokens: int = 0
+    reading: object = None  # (P, L) probe reading at the last prompt token, for guards' prompt rules
 
     @property
     def started(self) -> bool:

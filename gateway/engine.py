@@ -41,6 +41,7 @@ from mlx_interp.steering.generation import steering_session
 from .admission import Admission, PromptGroup
 from .errors import QueueFull, Unavailable, as_api_error, one_line
 from .events import ChoiceEnd, Failed, Job, PromptRead
+from .guards import RowGuard, judge_before_step, rerun_prompt
 from .limits import Limits
 from .numerics import finite_rows, non_finite_error
 from .probe_upkeep import BankKeeper, column_key
@@ -69,6 +70,12 @@ class Part:
     scores: object = None  # mx (b, L, P) readings of the tokens fed in that pass
     bank: object = None
     finite: object = None  # mx (b,) bool: the row's logits were all finite
+    _host: object = None  # scores as numpy, read once
+
+    def host_scores(self):
+        if self._host is None and self.scores is not None:
+            self._host = np.array(self.scores)
+        return self._host
 
     def take(self, keep: list[int]) -> "Part":
         idx = mx.array(keep)
@@ -189,6 +196,8 @@ class Engine:
             if not self._pull(block=idle):
                 return
             try:
+                if cur:
+                    judge_before_step(cur, batch)  # guards steer from the very next step
                 nxt = self._launch(cur) if cur else None
                 if cur:
                     self._consume(cur)
@@ -245,7 +254,7 @@ class Engine:
             logprobs = s.logprob.tolist() if s.logprob is not None else None
             top_ids = s.top_ids.tolist() if s.top_ids is not None else None
             top_lps = s.top_logprobs.tolist() if s.top_logprobs is not None else None
-            scores = np.array(part.scores) if part.scores is not None else None
+            scores = part.host_scores()
             finite = part.finite.tolist() if part.finite is not None else None
             for i, row in enumerate(part.rows):
                 if row.done:
@@ -358,7 +367,7 @@ class Engine:
         """One slot for adm: a prefilled choice joins the batch, or the next prompt starts prefilling."""
         group = adm.next_claim()
         if group.ready:
-            parts.append(self._join(adm, group))
+            self._join_into(adm, group, parts)
             return
         spec = adm.job.spec
         capture_all = spec.echo and bool(spec.probes)
@@ -404,14 +413,15 @@ class Engine:
         if not capture_all:
             self._prompt_cache.store(group.steer_key, group.tokens, pre.cache)
         reading, token_readings = None, []
-        if spec.probes:
-            self._probes.ensure(self._running_specs(), extra=spec.probes)
+        if spec.probes_read:
+            self._probes.ensure(self._running_specs(), extra=spec.probes_read)
             bank = self._probes.bank
-            cols = [bank.index(column_key(r)) for r in spec.probes]
+            cols = [bank.index(column_key(r)) for r in spec.probes_read]
             reading = np.array(bank.scores(pre.hidden_last[None]))[0][:, cols].T
             if capture_all:
                 per_token = pre.hidden_all  # (T, L, P): reduced chunk by chunk (_prompt_scores)
                 token_readings = [per_token[t].T for t in range(per_token.shape[0])]
+        group.reading = reading
         events = [PromptRead(c.index, reading, token_readings, group.cached_tokens) for c in group.choices]
         if spec.max_tokens == 0:
             events += [ChoiceEnd(c.index, "length", 0) for c in group.choices]
@@ -420,36 +430,51 @@ class Engine:
             return
         adm.job.post(events)
         group.pre = pre
-        parts.append(self._join(adm, group))  # the slot this prompt held becomes its first row
+        self._join_into(adm, group, parts)  # the slot this prompt held becomes its first row
 
     def _prompt_scores(self, spec, states) -> np.ndarray:
-        """(t, L, D) prompt states -> (t, L, P) scores of spec's probes, in spec's order."""
-        self._probes.ensure(self._running_specs(), extra=spec.probes)
+        """(t, L, D) prompt states -> (t, L, P) scores of the probes spec reads, in spec's order."""
+        self._probes.ensure(self._running_specs(), extra=spec.probes_read)
         bank = self._probes.bank
-        cols = [bank.index(column_key(r)) for r in spec.probes]
+        cols = [bank.index(column_key(r)) for r in spec.probes_read]
         return np.array(bank.scores(states))[:, :, cols]
 
-    def _join(self, adm: Admission, group: PromptGroup) -> Part:
+    def _join_into(self, adm: Admission, group: PromptGroup, parts: list) -> None:
+        """The group's next choice joins the batch (unless a guard's prompt rule ends it at once)."""
         job, c = adm.job, group.choices.popleft()
         spec = job.spec
-        if spec.probes:
-            self._probes.ensure(self._running_specs(), extra=spec.probes)
+        if not group.choices:
+            pre, group.pre = group.pre, None  # its cache goes to the batch
+        else:
+            pre = group.pre
+        names = tuple(r.name for r in spec.probes_read)
+        if names:
+            self._probes.ensure(self._running_specs(), extra=spec.probes_read)
+        guard, row_pre, ivs = None, pre, c.interventions
+        if c.guard:
+            guard = RowGuard(c.guard, c.interventions, names)
+            if guard.judge_prompt(group.reading):  # a prompt_last rule: steer the whole generation
+                ivs = guard.interventions()
+                row_pre = rerun_prompt(self._batch, group.tokens, ivs, self._prompt_cache)
+            if guard.stopped:
+                job.post([ChoiceEnd(c.index, "content_filter", 0, guard=guard.take_fired())])
+                return
         row = RowState(
             job=job,
             choice=c,
             sampler=RowSampler(spec.sampling, self.vocab_size, c.index),
             detok=self.lm.tokenizer.detokenizer,
             stops=StopMatcher(spec.stop),
-            probe_names=tuple(column_key(r) for r in spec.probes),
+            probe_names=tuple(column_key(r) for r in spec.probes_read),  # bank columns, in `names` order
             eos=self._eos,
             texts=self._texts,
+            reported=len(spec.probes),
+            guard=guard,
         )
-        first = sample(group.pre.logits[None], [row.sampler])
+        first = sample(row_pre.logits[None], [row.sampler])
         mx.async_eval(first.arrays())
-        self._batch.add(row, group.pre, c.interventions)
-        if not group.choices:
-            group.pre = None  # its cache now lives in the batch
-        return Part([row], first)
+        self._batch.add(row, row_pre, ivs)
+        parts.append(Part([row], first))
 
     def _running_specs(self) -> list:
         return list({id(row.job): row.job.spec for row in self._batch.uids}.values())

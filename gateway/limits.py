@@ -49,6 +49,8 @@ class Limits:
     header_timeout_s: float = _limit(10.0, "seconds a connection may take to send a complete request head")
     keep_alive_s: float = _limit(5.0, "seconds an idle keep-alive connection stays open")
     drain_s: float = _limit(60.0, "seconds SIGTERM waits for running requests to finish before cancelling them")
+    max_guard_rules: int = _limit(8, "most guard rules per request (body and preset together)")
+    max_guard_tokens: int = _limit(64, "largest for_tokens of a guard rule (consecutive tokens above the threshold)")
 
 
 def limit_docs() -> list[tuple[str, object, str]]:

@@ -29,7 +29,7 @@ class BankKeeper:
 
         wanted: dict[str, object] = {}
         for spec in running_specs:
-            for r in spec.probes:
+            for r in spec.probes_read:
                 wanted.setdefault(column_key(r), r.probe)
         for r in extra:
             wanted.setdefault(column_key(r), r.probe)

@@ -81,17 +81,18 @@ def parse_body(steer, n: int, limits: Limits) -> list[SteerEntry]:
                 raise BadRequest(f"{where}.vector must be a vector name (string), got {name!r}", param="steer")
             op = item.get("op", "add")
             if op not in {o.value for o in Op}:
-                raise BadRequest(f"{where}.op must be one of add, reflect, ablate, clamp; got {op!r}", param="steer")
+                raise BadRequest(f"{where}.op must be one of add, reflect, ablate, clamp, cap; got {op!r}", param="steer")
             scope = item.get("scope", "all")
             if scope not in {s.value for s in Scope}:
                 raise BadRequest(f"{where}.scope must be one of all, prompt, generation; got {scope!r}", param="steer")
             value = item.get("value")
-            if op == "clamp":
+            if op in ("clamp", "cap"):
                 if value is None:
-                    raise BadRequest(f"{where}: op 'clamp' needs a value (the projection to set)", param="steer")
+                    what = "the projection to set" if op == "clamp" else "the largest projection allowed"
+                    raise BadRequest(f"{where}: op {op!r} needs a value ({what})", param="steer")
                 value = _number(value, where, limits, "steer", "value")
             elif value is not None:
-                raise BadRequest(f"{where}.value is only used with op 'clamp'", param="steer")
+                raise BadRequest(f"{where}.value is only used with op 'clamp' or 'cap'", param="steer")
             layers = item.get("layers")
             if layers is not None and not isinstance(layers, (str, list, int)) or isinstance(layers, bool):
                 raise BadRequest(f"{where}.layers must be a list of ints, a range like '8-16' or 'all'", param="steer")

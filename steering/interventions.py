@@ -5,11 +5,13 @@ For a direction v at layer l (u = v/|v|, p = h·u the projection of hidden state
     ablate   h - alpha·p·u                (alpha=1 removes the component entirely)
     reflect  h - 2·alpha·(p - m)·u        (alpha=1 mirrors p about the midpoint m, default 0)
     clamp    h + (value - p)·u            (sets the projection to value)
+    cap      h - relu(p - value)·u        (projection at most value: activation capping)
 
 The three projection operations share one form, h + (a·p + b)·u, with per-row
 coefficients a and b. A row without an intervention gets a = b = 0 (or a zero
 add), and h + 0 is exactly h, so unsteered rows compute exactly what an
-unhooked model computes.
+unhooked model computes. `cap` is not of that form (it acts only above its
+bound), so it has a term of its own with a per-row on/off coefficient.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Op(str, Enum):
     REFLECT = "reflect"
     ABLATE = "ablate"
     CLAMP = "clamp"
+    CAP = "cap"
 
 
 class Scope(str, Enum):
@@ -58,7 +61,7 @@ class Intervention:
     alpha: float = 1.0
     layers: tuple[int, ...] = ()
     scope: Scope = Scope.ALL
-    value: float | None = None  # clamp target
+    value: float | None = None  # clamp target; cap bound
     midpoints: np.ndarray | None = None  # (num_layers,) projection to reflect about
     key: str = ""  # identity of the direction (e.g. its sha256); defaults to the name
 
@@ -67,6 +70,8 @@ class Intervention:
         object.__setattr__(self, "scope", Scope(self.scope))
         if self.op is Op.CLAMP and self.value is None:
             raise ValueError(f"clamp on {self.name!r} needs a value")
+        if self.op is Op.CAP and self.value is None:
+            raise ValueError(f"cap on {self.name!r} needs a value (the largest projection allowed)")
         if not self.layers:
             object.__setattr__(self, "layers", tuple(range(self.directions.shape[0])))
         if not self.key:
@@ -101,6 +106,13 @@ class _ProjTerm:
 
 
 @dataclass
+class _CapTerm:
+    unit: object  # mx.array (D,) float32
+    on: object  # mx.array (B, 1, 1): 1 for rows capped here, 0 for the others
+    bound: object  # mx.array (B, 1, 1): the largest projection allowed
+
+
+@dataclass
 class RowSteering:
     """Per-layer terms for one batch composition; build once, apply every step while rows stay the same."""
 
@@ -132,7 +144,7 @@ class RowSteering:
                     v = iv.directions[layer].astype(np.float32)
                     seq = stages.setdefault(layer, [])
                     prev = latest.get((r, layer), -1)
-                    kind = "add" if iv.op is Op.ADD else ("proj", iv.key)
+                    kind = "add" if iv.op is Op.ADD else ("cap" if iv.op is Op.CAP else "proj", iv.key)
                     start = prev if kind == "add" and prev >= 0 and seq[prev][0] == "add" else prev + 1
                     j = next((i for i in range(start, len(seq)) if seq[i][0] == kind), None)
                     if j is None:
@@ -148,6 +160,8 @@ class RowSteering:
                         stage[1][r] += iv.alpha * v
                     elif iv.op is Op.ABLATE:
                         stage[2][r], stage[3][r] = -iv.alpha, 0.0
+                    elif iv.op is Op.CAP:  # stage[2] is then "on", stage[3] the bound
+                        stage[2][r], stage[3][r] = 1.0, float(iv.value)
                     elif iv.op is Op.REFLECT:
                         m = float(iv.midpoints[layer]) if iv.midpoints is not None else 0.0
                         stage[2][r], stage[3][r] = -2.0 * iv.alpha, 2.0 * iv.alpha * m
@@ -160,8 +174,9 @@ class RowSteering:
                 if stage[0] == "add":
                     term = _AddTerm(mx.array(stage[1][:, None, :]).astype(target))
                 else:
-                    _, unit, a, b = stage
-                    term = _ProjTerm(mx.array(unit), mx.array(a[:, None, None]), mx.array(b[:, None, None]))
+                    (kind, _), unit, a, b = stage
+                    make = _CapTerm if kind == "cap" else _ProjTerm
+                    term = make(mx.array(unit), mx.array(a[:, None, None]), mx.array(b[:, None, None]))
                 out.terms.setdefault(layer, []).append(term)
         return out
 
@@ -174,6 +189,12 @@ class RowSteering:
         for term in terms:
             if isinstance(term, _AddTerm):
                 h = h + term.delta_as(h.dtype)
+            elif isinstance(term, _CapTerm):
+                import mlx.core as mx
+
+                h32 = h.astype(term.unit.dtype)
+                excess = mx.maximum((h32 @ term.unit)[..., None] - term.bound, 0.0)
+                h = (h32 - term.on * excess * term.unit).astype(h.dtype)
             else:
                 h32 = h.astype(term.unit.dtype)
                 p = (h32 @ term.unit)[..., None]
