@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from mlx_interp.steering.artifacts import ArtifactError, check_name
 
-from . import auth, origin
+from . import auth, origin, playground
 from .catalog import ReadOnlyArtifact
 from .edge import check_head
 from .errors import APIError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable, Unprocessable, one_line
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 UPLOAD_FIELDS = {"name", "metadata", "safetensors"}
 MAX_METADATA_DEPTH = 32  # an artifact's JSON is flat in practice; 600 levels used to hit Python's recursion limit
+# No key needed: /health, and the playground's static files (their API calls carry the key).
+PUBLIC_PATHS = auth.OPEN_PATHS | playground.PUBLIC_PATHS
 CLIENT_GONE = 499  # nginx's convention; the client never sees it, /metrics does
 
 log = logging.getLogger("mlx_interp.gateway")
@@ -98,7 +100,7 @@ class Guard:
                 check_head(scope)
                 origin.check_host(self.gw.allowed_hosts, headers)
                 origin.check_origin(scope, headers, self.gw.cors_origins)
-                if scope["path"] not in auth.OPEN_PATHS:
+                if scope["path"] not in PUBLIC_PATHS:
                     auth.check_api(self.gw.keys, headers)
             except APIError as exc:
                 return await error_response(exc)(scope, receive, counted_send)
@@ -275,6 +277,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        *playground.routes(),
     ]
     for base in ("/v1/steering/vectors", "/v1/probes"):
         routes += [
