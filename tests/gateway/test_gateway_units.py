@@ -480,7 +480,7 @@ def test_budget_and_layer_spec_limits_name_themselves():
     for bad in ("1_000", "nan", "inf", "0x10", "1e", "1 000"):
         with pytest.raises(BadRequest):
             steer_spec.parse_header(f"v={bad}", Limits())
-    assert steer_spec.parse_header("v=-1.5e2", Limits())[0].alpha == -150.0
+    assert steer_spec.parse_header("v=-1.5e1", Limits())[0].alpha == -15.0
 
 
 def test_long_error_messages_are_cut():

@@ -29,8 +29,8 @@ WAIT_S = 120  # upper bound on waiting for something that must happen (a loaded 
 def hostile_artifacts(tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile-artifacts")
     make_vector(tiny_llama, "push", root / "vectors", seed=1)
-    # float32 overflows past 3.4e38: alpha 100 on this vector makes the residual stream infinite
-    make_vector(tiny_llama, "huge", root / "vectors", seed=5, layers=(0, 1, 2, 3), alpha=1.0, scale=1e37)
+    # float32 overflows past 3.4e38: alpha 50 (the add limit) on this vector makes the residual stream infinite
+    make_vector(tiny_llama, "huge", root / "vectors", seed=5, layers=(0, 1, 2, 3), alpha=1.0, scale=3e37)
     make_probe(tiny_llama, "alpha_probe", root / "probes", seed=3)
     return root
 
@@ -146,11 +146,11 @@ def test_non_finite_steering_fails_only_that_request(keyless):
     url = keyless.url
     chat = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
     # prompt and generation: the prompt's own logits go non-finite
-    r = _post(url, "/v1/chat/completions", {**chat, "steer": {"huge": 100.0}, "logprobs": True})
+    r = _post(url, "/v1/chat/completions", {**chat, "steer": {"huge": 50.0}, "logprobs": True})
     err = _error(r, 400, "steer")
     assert err["code"] == "non_finite_activations" and "huge" in err["message"]
     # generation only: the first decode step goes non-finite, in a stream, next to a healthy request
-    steered = {**chat, "steer": [{"vector": "huge", "alpha": 100.0, "scope": "generation"}], "logprobs": True,
+    steered = {**chat, "steer": [{"vector": "huge", "alpha": 50.0, "scope": "generation"}], "logprobs": True,
                "top_logprobs": 2, "stream": True, "logit_bias": EOS_BAN}
     plain = {**chat, "logit_bias": EOS_BAN, "max_tokens": 8}
     out = {}
