@@ -170,6 +170,7 @@ class Run:
             from .errors import as_api_error
 
             yield b"data: " + dumps(as_api_error(exc).body()) + b"\n\n"
+            yield b"data: [DONE]\n\n"  # the stream still ends the way clients wait for
             return
         if spec.include_usage:
             yield self._chunk([], usage=usage(spec.prompt_tokens, self.completion_tokens))

@@ -140,11 +140,11 @@ def sse_events(text: str) -> list:
 # -- artifacts for the tiny model ------------------------------------------------------------------
 
 
-def make_vector(lm, name: str, root: Path, seed: int = 0, layers=(1, 2), alpha: float = 8.0):
+def make_vector(lm, name: str, root: Path, seed: int = 0, layers=(1, 2), alpha: float = 8.0, scale: float = 1.0):
     from mlx_interp.steering.vectors import SteeringVector, build_metadata
 
     rng = np.random.default_rng(seed)
-    directions = rng.standard_normal((lm.num_layers, lm.hidden_size)).astype(np.float32)
+    directions = (rng.standard_normal((lm.num_layers, lm.hidden_size)) * scale).astype(np.float32)
     meta = build_metadata(
         name,
         hidden_size=lm.hidden_size,
