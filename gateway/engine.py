@@ -32,6 +32,7 @@ import numpy as np
 
 from mlx_interp.steering.generation import steering_session
 
+from .echo_logprobs import prompt_entries, prompt_logprobs_k
 from .errors import QueueFull, Unavailable, as_api_error
 from .events import ChoiceEnd, Failed, Job, PromptRead
 from .limits import Limits
@@ -278,10 +279,15 @@ class Engine:
             groups.setdefault((c.prompt, prompt_key(c.interventions)), []).append(c)
         parts, events = [], []
         echo_scores = spec.echo and bool(names)
+        top_k = prompt_logprobs_k(spec)  # None unless echo + logprobs: then every prompt token is scored
         for (tokens, steer_key), choices in groups.items():
             ivs = choices[0].interventions
-            cache, cached = (None, 0) if echo_scores else self._prompt_cache.lookup(steer_key, tokens)
-            pre = self._batch.prefill(list(tokens), ivs, cache=cache, cached_tokens=cached, capture_all=echo_scores)
+            fresh = echo_scores or top_k is not None  # both need every prompt position computed
+            cache, cached = (None, 0) if fresh else self._prompt_cache.lookup(steer_key, tokens)
+            pre = self._batch.prefill(
+                list(tokens), ivs, cache=cache, cached_tokens=cached, capture_all=echo_scores, prompt_logprobs=top_k
+            )
+            echoed = prompt_entries(pre.prompt_logprobs, tokens, self._texts) if top_k is not None else None
             if not echo_scores:
                 self._prompt_cache.store(steer_key, tokens, pre.cache)
             reading, token_readings = None, []
@@ -293,7 +299,7 @@ class Engine:
                     per_token = np.array(bank.scores(pre.hidden_all))[:, :, cols]  # (T, L, P)
                     token_readings = [per_token[t].T for t in range(per_token.shape[0])]
             for c in choices:
-                events.append(PromptRead(c.index, reading, token_readings, cached))
+                events.append(PromptRead(c.index, reading, token_readings, cached, echoed))
                 if spec.max_tokens == 0:
                     events.append(ChoiceEnd(c.index, "length", 0))
                     continue

@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 from .capture import Recorder, ResidualHook
 from .hooks import layer_hooks
 from .interventions import Intervention, Phase, RowSteering
+from .prompt_logprobs import PromptLogprobs, PromptScorer
 
 PREFILL_CHUNK = 512  # tokens per prompt forward pass: bounds activation memory on long prompts
 
@@ -25,6 +26,7 @@ class Prefill:
     cache: list  # the row's own mlx-lm cache
     hidden_last: object | None  # mx.array (L, D) last prompt token, steered, if captured
     hidden_all: object | None = None  # mx.array (T, L, D) every processed prompt token, if asked
+    prompt_logprobs: PromptLogprobs | None = None  # each prompt token's log-probability, if asked
 
 
 @dataclass
@@ -58,8 +60,13 @@ class DecodeBatch:
         cache: list | None = None,
         cached_tokens: int = 0,
         capture_all: bool = False,
+        prompt_logprobs: int | None = None,
     ) -> Prefill:
-        """Run a prompt alone. `cache` may hold the first `cached_tokens` already (a reused prefix)."""
+        """Run a prompt alone. `cache` may hold the first `cached_tokens` already (a reused prefix).
+
+        `prompt_logprobs=k` also scores every prompt token (with its top k alternatives); that
+        needs the logits of every position, so the whole prompt must run (no cached prefix).
+        """
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
 
@@ -71,6 +78,11 @@ class DecodeBatch:
             for c in cache:
                 c.trim(cached_tokens - len(tokens) + 1)
             cached_tokens = len(tokens) - 1
+        scorer = None
+        if prompt_logprobs is not None:
+            if cached_tokens:
+                raise ValueError("prompt log-probabilities need the whole prompt run: no cached prefix")
+            scorer = PromptScorer(tokens, prompt_logprobs)
         self.hook.steering = RowSteering.build([tuple(interventions)], Phase.PROMPT)
         recorder = self.hook.recorder
         recorder.last_only = not capture_all
@@ -83,6 +95,8 @@ class DecodeBatch:
                 recorder.clear()
                 out = self.lm.model(mx.array([chunk]), cache=cache)
                 logits = out[0, -1]
+                if scorer is not None:
+                    scorer.feed(out[0])
                 if capture_all and recorder.outputs:
                     chunks_all.append(self._stack_all())
                 mx.eval(logits, [c.state for c in cache], list(recorder.outputs.values()))
@@ -91,7 +105,8 @@ class DecodeBatch:
             recorder.last_only = True
             self.hook.steering = self._steering
         hidden_all = mx.concatenate(chunks_all, axis=0) if chunks_all else None
-        return Prefill(logits=logits, cache=cache, hidden_last=hidden_last, hidden_all=hidden_all)
+        scored = scorer.result() if scorer is not None else None
+        return Prefill(logits=logits, cache=cache, hidden_last=hidden_last, hidden_all=hidden_all, prompt_logprobs=scored)
 
     def _stack_all(self):
         import mlx.core as mx

@@ -94,19 +94,26 @@ def _components() -> dict:
     return _openapi_to_jsonschema(json.loads(OPENAPI.read_text())["components"])
 
 
-def validate(obj: dict, schema_name: str, streamed_completion: bool = False) -> None:
+def validate(obj: dict, schema_name: str, streamed_completion: bool = False, echoed_prompt: bool = False) -> None:
     """Raise jsonschema.ValidationError unless obj matches components/schemas/schema_name.
 
     A streamed /v1/completions chunk uses CreateCompletionResponse, whose
-    finish_reason OpenAI itself sends as null before the last chunk.
+    finish_reason OpenAI itself sends as null before the last chunk. With
+    echo + logprobs OpenAI's legacy API sends null for the first prompt token's
+    logprob and top_logprobs (nothing precedes it); the published schema omits that.
     """
     import jsonschema
 
     components = _components()
-    if streamed_completion:
+    if streamed_completion or echoed_prompt:
         components = copy.deepcopy(components)
         item = components["schemas"]["CreateCompletionResponse"]["properties"]["choices"]["items"]
+    if streamed_completion:
         item["properties"]["finish_reason"] = {"anyOf": [item["properties"]["finish_reason"], {"type": "null"}]}
+    if echoed_prompt:
+        lp = next(s for s in item["properties"]["logprobs"]["anyOf"] if s.get("type") == "object")["properties"]
+        for key in ("token_logprobs", "top_logprobs"):
+            lp[key]["items"] = {"anyOf": [lp[key]["items"], {"type": "null"}]}
     schema = {"$ref": f"#/components/schemas/{schema_name}", "components": components}
     jsonschema.Draft202012Validator(schema).validate(obj)
 
