@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from mlx_interp.steering.analysis import binomial_test
-from mlx_interp.steering.interventions import Intervention, Op
+from mlx_interp.steering.interventions import AlphaUnit, Intervention, Op
 
 from .common import (
     COLOUR_CONTROLS,
@@ -55,8 +55,8 @@ SEED_ALPHA = 1.5  # the seed's working strength; the contract's unit was chosen 
 
 @dataclass
 class ColourConfig:
-    add_alphas: tuple[float, ...] = (0.75, 1.5, 3.0)  # total shift across the layers, in class-mean differences
-    reflect_alphas: tuple[float, ...] = (1.0,)  # 1 = mirror the colour once about the midpoint
+    add_alphas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)  # total shift across the layers, in class-mean differences
+    reflect_alphas: tuple[float, ...] = (0.5, 1.0)  # 1 = mirror the colour once about the midpoint
     headline_alpha: float = SEED_ALPHA  # where the random and sign-flipped baselines run
     n_random: int = 10
     max_questions: int | None = None  # None: all
@@ -121,10 +121,6 @@ def matched_random_directions(directions: np.ndarray, layers, n: int, seed: int)
 
 def fixed_coefficient_add(name: str, directions: np.ndarray, coefficient: float, layers) -> Intervention:
     """An add whose per-layer coefficient is `coefficient` itself (no unit conversion)."""
-    try:  # TEMP until steer8 lands
-        from mlx_interp.steering.interventions import AlphaUnit
-    except ImportError:
-        return Intervention(name=name, directions=directions, op=Op.ADD, alpha=float(coefficient), layers=tuple(layers))
     return Intervention(name=name, directions=directions, op=Op.ADD, alpha=float(coefficient), layers=tuple(layers),
                         alpha_unit=AlphaUnit.PER_LAYER)
 
@@ -172,7 +168,7 @@ def run(lm, vector, out_dir: Path | None = None, config: ColourConfig | None = N
         h = config.headline_alpha
         row(toks, (add(-away * h),), _Row("question", i, "flipped", "add", h))
         for k, d in enumerate(randoms):
-            row(toks, (fixed_coefficient_add(f"random{k}", d, away * getattr(headline, 'per_layer_alpha', headline.alpha), layers),),
+            row(toks, (fixed_coefficient_add(f"random{k}", d, away * headline.per_layer_alpha, layers),),
                 _Row("question", i, f"random-{k}", "add", h))
     for j, toks in enumerate(c_tokens):
         row(toks, (), _Row("control", j, "baseline", "none", 0.0))
@@ -196,10 +192,10 @@ def run(lm, vector, out_dir: Path | None = None, config: ColourConfig | None = N
             "text": decoded[n].text, "kl": kl_divergence(decoded[base].first_logprobs, decoded[n].first_logprobs),
         })
     summary = summarise(records, config)
-    per_layer = {a: getattr(add(a), "per_layer_alpha", a) for a in config.add_alphas}
+    per_layer = {a: add(a).per_layer_alpha for a in config.add_alphas}
     result = {
         **run_record(lm, "colour_swap", config.seed, [COLOUR_QUESTIONS, COLOUR_CONTROLS, GREEN_RED_PAIRS], asdict(config)),
-        "vector": {"name": vector.name, "sha256": vector.sha256, "layers": list(layers), "alpha_unit": str(getattr(getattr(vector, "alpha_unit", None), "value", "per_layer")),
+        "vector": {"name": vector.name, "sha256": vector.sha256, "layers": list(layers), "alpha_unit": vector.alpha_unit.value,
                    "per_layer_alpha": {str(a): c for a, c in per_layer.items()}, "dataset_hash": vector.metadata.get("dataset_hash")},
         "prompt": {"system": SYSTEM_PROMPT, "answer_prefix": ANSWER_PREFIX, "max_tokens": config.max_tokens},
         "n_questions": len(questions),
