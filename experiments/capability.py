@@ -100,6 +100,7 @@ def evaluate(base_url: str, model: str, tokenizer_dir: Path, config: CapabilityC
         "tokenizer": str(tokenizer_dir),
         "tokenized_requests": True,
         "num_concurrent": 1,
+        "batch_size": config.batch_size,  # prompts per request (each is still prefilled alone: same numbers)
         "max_retries": 1,
         "timeout": 600,
     }
@@ -110,7 +111,6 @@ def evaluate(base_url: str, model: str, tokenizer_dir: Path, config: CapabilityC
         model_args=model_args,
         tasks=task_configs(),
         task_manager=TaskManager(include_defaults=False),
-        batch_size=config.batch_size,
         limit=config.limit,
         log_samples=samples is not None,
         bootstrap_iters=1000,

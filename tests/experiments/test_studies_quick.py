@@ -37,10 +37,14 @@ def test_colour_swap_quick(default_lm, tmp_path):
     head = next(e for e in r["sweep"] if e["op"] == "add" and e["alpha"] == cfg.headline_alpha)
     rows = [x for x in r["records"] if x["kind"] == "question" and x["condition"] == "vector" and x["op"] == "add" and x["alpha"] == cfg.headline_alpha]
     assert head["all"]["swaps"] == sum(x["answer"] == {"green": "red", "red": "green"}[x["truth"]] for x in rows)
-    # the documented finding: at the seed's 1.5 the vector swaps most answers, random directions of the same push almost none
-    assert head["all"]["rate"] >= 0.6
-    assert r["random"]["directions"] == cfg.n_random and r["random"]["all"]["mean"] <= 0.2
-    assert head["vs_random"]["items_up"] >= 5 and head["vs_random"]["items_down"] == 0
+    # the documented finding: at the seed's 1.5 the vector swaps many answers (half on the quick set),
+    # random directions with the same accumulated push almost none, item by item
+    assert head["all"]["rate"] >= 0.35
+    assert r["random"]["directions"] == cfg.n_random and r["random"]["all"]["mean"] <= 0.15
+    assert head["vs_random"]["items_up"] >= 4 and head["vs_random"]["items_down"] == 0
+    # and it is at the edge of coherence on this model: twice the push names no colour at all
+    top = next(e for e in r["sweep"] if e["op"] == "add" and e["alpha"] == max(cfg.add_alphas))
+    assert top["no_colour_rate"] >= 0.8 and top["all"]["rate"] <= 0.2
     assert r["flipped"]["all"]["rate"] <= 0.1  # pushing toward the truth never swaps
     # coherence costs grow with alpha; unsteered rows have zero KL to themselves
     add = [e for e in r["sweep"] if e["op"] == "add"]
