@@ -60,6 +60,7 @@ class ColourConfig:
     add_alphas: tuple[float, ...] = (SEED_ALPHA,)
     reflect_alphas: tuple[float, ...] = (1.0,)  # 1 = mirror the colour once about the midpoint
     headline_alpha: float = SEED_ALPHA  # where the random and sign-flipped baselines run
+    flipped: bool = True  # run the sign-flipped baseline
     n_random: int = 10
     max_questions: int | None = None  # None: all
     max_controls: int | None = None
@@ -168,7 +169,8 @@ def run(lm, vector, out_dir: Path | None = None, config: ColourConfig | None = N
         for r in config.reflect_alphas:
             row(toks, (reflect(r),), _Row("question", i, "vector", "reflect", r))
         h = config.headline_alpha
-        row(toks, (add(-away * h),), _Row("question", i, "flipped", "add", h))
+        if config.flipped:
+            row(toks, (add(-away * h),), _Row("question", i, "flipped", "add", h))
         for k, d in enumerate(randoms):
             row(toks, (fixed_coefficient_add(f"random{k}", d, away * headline.per_layer_alpha, layers),),
                 _Row("question", i, f"random-{k}", "add", h))
