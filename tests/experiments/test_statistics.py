@@ -6,7 +6,6 @@ from math import comb
 
 import numpy as np
 import pytest
-
 from mlx_interp.experiments import colour_swap, confound, contamination, sycophancy
 from mlx_interp.experiments.decoding import _common_prefix_length, kl_divergence
 
@@ -97,7 +96,7 @@ def test_colour_summary_counts_known_swaps_by_item():
     assert (e["all"]["swaps"], e["all"]["n"], e["all"]["n_items"]) == (9, 10, 5)
     assert (e["correct"]["swaps"], e["correct"]["n"], e["correct"]["n_items"]) == (8, 8, 4)  # item 4 was not answered right
     lo, hi = e["all"]["ci95"]
-    assert lo <= 0.9 <= hi and hi <= 1.0 and lo >= 0.7  # item resampling: the rate moves by items of 2 rows
+    assert lo <= 0.9 <= hi <= 1.0 and lo >= 0.7  # item resampling: the rate moves by items of 2 rows
     assert e["green_to_red"] == 1.0 and e["red_to_green"] == 0.75
     assert e["kl_mean"] == pytest.approx(2.0)
     # random: direction 0 swaps 1 of 10 rows, direction 1 none
