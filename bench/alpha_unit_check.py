@@ -66,7 +66,8 @@ def main():
     ap.add_argument("--alpha", type=float, default=1.5)
     ap.add_argument("--model", default="default")
     ap.add_argument("--vector", default="steering/library/green_red.json")
-    ap.add_argument("--unit", default=None, help="override: class_mean_total or per_layer")
+    ap.add_argument("--unit", default=None, help="only this unit: class_mean_total or per_layer (default: both)")
+    ap.add_argument("--sets", default=None, help="comma-separated subset of: last, band, 0-band_end, all")
     args = ap.parse_args()
     from mlx_interp.steering.model import load_model
     from mlx_interp.steering.vectors import SteeringVector
@@ -81,6 +82,8 @@ def main():
         "0-band_end": tuple(range(0, band[-1] + 1)),
         "all": tuple(range(L)),
     }
+    if args.sets:
+        sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
     for unit in ([args.unit] if args.unit else ["class_mean_total", "per_layer"]):
         print(unit, json.dumps(measure(lm, vec, sets, args.alpha, unit=unit), indent=1), flush=True)
 

@@ -40,6 +40,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=12)
     ap.add_argument("--vector", default="steering/library/green_red.json")
     ap.add_argument("--skip-reflect", action="store_true")
+    ap.add_argument("--answer-slot", action="store_true",
+                    help="the colour study's answer slot: system 'Answer with one word.' and the reply opened with 'The answer is'")
     args = ap.parse_args()
 
     from mlx_interp.steering.calibration import _steered_greedy, continuation_logprobs
@@ -66,7 +68,11 @@ def main():
         rows.append((q, "plain", ()))
         if not args.skip_reflect:
             rows.append((q, "reflect", (reflect,)))
-    ids = [encode(lm, q["question"], chat=True) for q, _, _ in rows]
+    if args.answer_slot:
+        prefix = lm.tokenizer.encode("The answer is", add_special_tokens=False)
+        ids = [encode(lm, q["question"], chat=True, system="Answer with one word.") + list(prefix) for q, _, _ in rows]
+    else:
+        ids = [encode(lm, q["question"], chat=True) for q, _, _ in rows]
     toks, _ = _steered_greedy(lm, ids, [ivs for _, _, ivs in rows], args.max_tokens)
     results = {}
     for (q, cond, _), prompt, t in zip(rows, ids, toks):
@@ -76,7 +82,8 @@ def main():
             "colour": first_colour(lm.tokenizer.decode(t)),
             "logprob_per_token": float(lp.mean()) if len(lp) else 0.0,
         }
-    summary = {"alpha": args.alpha, "reflect_alpha": args.reflect, "layers": args.layers or list(vec.recommended_layers)}
+    summary = {"alpha": args.alpha, "reflect_alpha": args.reflect, "layers": args.layers or list(vec.recommended_layers),
+               "answer_slot": args.answer_slot, "max_tokens": args.max_tokens}
     opposite = {"green": "red", "red": "green"}
     for cond in ("add", "reflect"):
         sel = [r for r in results.values() if not r["control"] and cond in r]
@@ -87,6 +94,10 @@ def main():
             summary[f"{cond}_swap_{colour}"] = f"{sum(r[cond]['colour'] == opposite[colour] for r in part)}/{len(part)}"
         summary[f"{cond}_plain_correct"] = f"{sum(r['plain']['colour'] == r['answer'] for r in sel)}/{len(sel)}"
         summary[f"{cond}_logprob_drop"] = round(float(np.mean([r["plain"]["logprob_per_token"] - r[cond]["logprob_per_token"] for r in sel])), 3)
+        summary[f"{cond}_logprob_per_token"] = round(float(np.mean([r[cond]["logprob_per_token"] for r in sel])), 3)
+        for colour in ("green", "red"):  # among the questions the unsteered model answered correctly
+            right = [r for r in sel if r["answer"] == colour and r["plain"]["colour"] == colour]
+            summary[f"{cond}_swap_{colour}_of_correct"] = f"{sum(r[cond]['colour'] == opposite[colour] for r in right)}/{len(right)}"
     ctl = [r for r in results.values() if r["control"] and "reflect" in r]
     if ctl:
         summary["controls_touched"] = f"{sum(r['reflect']['colour'] != r['plain']['colour'] for r in ctl)}/{len(ctl)}"

@@ -7,10 +7,14 @@ answer is red.") costs a few nats against the unsteered one; word salad costs
 far more. Beside it, the KL from the unsteered to the steered next-token
 distribution at the end of the prompt says how hard the push is.
 
-The coherent range is the span of swept alphas, contiguous from 0 on each
-side, whose text costs at most MAX_LOGPROB_DROP nats per token more than the
-unsteered text. The recommended alpha is the strongest coherent push toward
-the vector's positive side. Both are stored in the vector's metadata
+A steered text is coherent when its mean token log-probability under the
+unsteered model is at least COHERENT_LOGPROB, or it costs at most
+MAX_LOGPROB_DROP nats per token more than the unsteered text. The floor is what
+matters on most prompts: an unsteered answer that parrots the prompt scores
+about -0.4 nats/token, so any change of topic costs more than 2.5 even when it
+reads well. The coherent range is the span of swept alphas, contiguous from 0
+on each side, whose texts are coherent. The recommended alpha is the
+strongest coherent push toward the vector's positive side. Both are stored in the vector's metadata
 (`calibrated: true`, `calibration: {...}`), and default_alpha becomes the
 recommendation.
 """
@@ -34,10 +38,12 @@ CALIBRATION_PROMPTS = (
 )
 DEFAULT_ALPHAS = (-3.0, -2.0, -1.5, -1.0, 1.0, 1.5, 2.0, 3.0)
 DEFAULT_MAX_TOKENS = 12
-# nats per token the steered text may cost under the unsteered model beyond the unsteered text.
-# Measured on SmolLM2-135M with green_red (see docs/results.md): readable steered answers cost
-# about 1-2 nats/token more, word salad 4 and more.
-MAX_LOGPROB_DROP = 2.5
+# Thresholds, set from the first sweep of green_red on SmolLM2-135M (docs/steering.md), where
+# readable steered texts ("I am a wildlife conservation expert, which is my", 'The answer will be:
+# "Red"') scored -2.8 to -3.3 nats/token under the unsteered model and loops or word salad
+# ("The Red: She's the Red: She", "I am, which is,") -4.2 and below.
+COHERENT_LOGPROB = -3.5  # nats per token (perplexity about 33) under the unsteered model
+MAX_LOGPROB_DROP = 2.5  # or at most this much below the unsteered text's own
 
 
 @dataclass
@@ -60,12 +66,15 @@ class Calibration:
     prompts: tuple[str, ...] = ()
     max_tokens: int = DEFAULT_MAX_TOKENS
     max_logprob_drop: float = MAX_LOGPROB_DROP
+    coherent_logprob: float = COHERENT_LOGPROB
 
     def metadata(self, model_fingerprint: str | None) -> dict:
         return {
             "coherent_range": [float(self.coherent_range[0]), float(self.coherent_range[1])],
             "recommended_alpha": float(self.recommended_alpha),
             "metric": "mean token log-probability of the greedy steered text under the unsteered model",
+            "coherent_if": "logprob_per_token >= coherent_logprob or logprob_drop <= max_logprob_drop",
+            "coherent_logprob": self.coherent_logprob,
             "max_logprob_drop": self.max_logprob_drop,
             "baseline_logprob_per_token": round(self.baseline_logprob_per_token, 4),
             "layers": list(self.layers),
@@ -137,6 +146,12 @@ def _steered_greedy(lm, prompts_ids, interventions, max_tokens):
     return outputs, firsts
 
 
+def is_coherent(logprob_per_token: float, logprob_drop: float, coherent_logprob: float = COHERENT_LOGPROB,
+                max_logprob_drop: float = MAX_LOGPROB_DROP) -> bool:
+    """The coherence rule (module docstring): above the floor, or close to the unsteered text."""
+    return logprob_per_token >= coherent_logprob or logprob_drop <= max_logprob_drop
+
+
 def _kl(p_log: np.ndarray, q_log: np.ndarray) -> float:
     return float(np.sum(np.exp(p_log) * (p_log - q_log)))
 
@@ -163,6 +178,7 @@ def calibrate(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     layers=None,
     max_logprob_drop: float = MAX_LOGPROB_DROP,
+    coherent_logprob: float = COHERENT_LOGPROB,
     progress=None,
 ) -> Calibration:
     """Sweep alpha (add, the vector's unit) over `prompts` and measure coherence; see the module docstring."""
@@ -201,7 +217,7 @@ def calibrate(
                 logprob_per_token=lp,
                 logprob_drop=drop,
                 kl_first_token=float(np.mean([x[1] for x in per_alpha[alpha]])),
-                coherent=drop <= max_logprob_drop,
+                coherent=is_coherent(lp, drop, coherent_logprob, max_logprob_drop),
                 sample=per_alpha[alpha][0][2],
             )
         )
@@ -216,6 +232,7 @@ def calibrate(
         prompts=tuple(prompts),
         max_tokens=max_tokens,
         max_logprob_drop=max_logprob_drop,
+        coherent_logprob=coherent_logprob,
     )
 
 

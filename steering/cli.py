@@ -7,6 +7,7 @@ the dispatcher in mlx_interp/cli.py prints them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,6 +15,17 @@ from pathlib import Path
 # Vectors shipped with the package; what `vectors list` and `generate` read when no directory is given.
 SHIPPED_LIBRARY = Path(__file__).resolve().parent / "library"
 DEFAULT_MAX_TOKENS = 64
+# What the default model answered, greedy, library path (bench/colour_steer_check.py, docs/steering.md).
+STEER_EXAMPLE = """\
+example (default model, temperature 0):
+  mlx-interp generate --prompt "What colour is fresh grass? Answer with one word." --steer green_red=1.5 --max-tokens 8
+    unsteered: The colour of fresh grass is a mix
+    steered:   The answer will be: \u201cRed\u201d
+
+alpha (add) is the total shift across the steered layers in units of the vector's class-mean
+difference: 1 moves a typical green state as far as a typical red one, whatever the layers.
+For reflect and ablate it is a fraction of the component (1 = mirror / remove it once).
+See docs/steering.md."""
 
 
 def register(subparsers) -> None:
@@ -82,7 +94,8 @@ def _register_vectors(subparsers) -> None:
     cal.add_argument("--prompts", default=None, help="prompts to generate from: .txt (one per line) or .jsonl (default: two neutral prompts)")
     cal.add_argument("--layers", default=None, help="layers to steer (default: the vector's recommended layers)")
     cal.add_argument("--max-tokens", type=int, default=None, help="tokens generated per prompt and alpha (default: 12)")
-    cal.add_argument("--max-drop", type=float, default=None, help="coherent while the text costs at most this many nats/token more than unsteered (default: 2.5)")
+    cal.add_argument("--min-logprob", type=float, default=None, help="coherent while the steered text scores at least this many nats/token under the unsteered model (default: -3.5) ...")
+    cal.add_argument("--max-drop", type=float, default=None, help="... or costs at most this many nats/token more than the unsteered text (default: 2.5)")
     cal.add_argument("--dry-run", action="store_true", help="print the sweep without rewriting the vector")
     cal.set_defaults(func=_vectors_calibrate)
 
@@ -223,11 +236,12 @@ def _vectors_calibrate(args) -> int:
         max_tokens=max_tokens,
         layers=args.layers,
         max_logprob_drop=args.max_drop if args.max_drop is not None else calibration.MAX_LOGPROB_DROP,
+        coherent_logprob=args.min_logprob if args.min_logprob is not None else calibration.COHERENT_LOGPROB,
     )
     print(f"baseline (unsteered) {result.baseline_logprob_per_token:.2f} nats/token")
     for p in result.sweep:
         mark = "coherent" if p.coherent else "broken"
-        print(f"alpha {p.alpha:+g}: drop {p.logprob_drop:.2f} nats/token, KL {p.kl_first_token:.2f}, {mark}: {p.sample!r}")
+        print(f"alpha {p.alpha:+g}: {p.logprob_per_token:.2f} nats/token (drop {p.logprob_drop:.2f}), KL {p.kl_first_token:.2f}, {mark}: {p.sample!r}")
     low, high = result.coherent_range
     print(f"coherent range [{low:g}, {high:g}], recommended alpha {result.recommended_alpha:g}")
     if args.dry_run:
@@ -310,7 +324,13 @@ def _capture(args) -> int:
 
 
 def _register_generate(subparsers) -> None:
-    gen = subparsers.add_parser("generate", help="generate text, optionally steered", description="Generate from a prompt with steering vectors applied.")
+    gen = subparsers.add_parser(
+        "generate",
+        help="generate text, optionally steered",
+        description="Generate from a prompt with steering vectors applied.",
+        epilog=STEER_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     gen.add_argument("--model", default="default", help="model (default: default)")
     gen.add_argument("--prompt", action="append", required=True, help="prompt (repeatable: several prompts run as one batch)")
     gen.add_argument("--steer", action="append", default=[], metavar="NAME=ALPHA", help="apply vector NAME with strength ALPHA (repeatable; NAME alone uses its default alpha)")

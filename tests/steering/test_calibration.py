@@ -42,6 +42,14 @@ def _point(alpha, coherent):
     return SweepPoint(alpha, 0.0, 0.0, 0.0, coherent, "")
 
 
+def test_coherent_means_above_the_floor_or_close_to_the_unsteered_text():
+    from mlx_interp.steering.calibration import COHERENT_LOGPROB, MAX_LOGPROB_DROP, is_coherent
+
+    assert is_coherent(COHERENT_LOGPROB + 0.1, 10.0)  # far from a parroting baseline, still fluent
+    assert is_coherent(-9.0, MAX_LOGPROB_DROP - 0.1)  # a baseline that is itself improbable
+    assert not is_coherent(COHERENT_LOGPROB - 0.1, MAX_LOGPROB_DROP + 0.1)
+
+
 def test_the_coherent_span_is_contiguous_from_zero():
     points = [_point(a, c) for a, c in [(-3, True), (-2, False), (-1, True), (1, True), (2, True), (3, False), (4, True)]]
     assert coherent_span(points) == (-1, 2)

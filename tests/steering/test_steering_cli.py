@@ -163,7 +163,7 @@ def test_default_directory_is_the_shipped_library(built, tmp_path, monkeypatch, 
     import mlx_interp.steering.cli
 
     model, _ = built
-    monkeypatch.setattr(steering.cli, "SHIPPED_LIBRARY", tmp_path / "library")
+    monkeypatch.setattr(mlx_interp.steering.cli, "SHIPPED_LIBRARY", tmp_path / "library")
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     assert main(["vectors", "build", "--pairs", str(pairs), "--name", "shipped", "--model", model]) == 0
