@@ -316,7 +316,9 @@ def _random_summary(rows: list[dict], items: list, config: ColourConfig) -> dict
         ok = [r for r in v if r["baseline_answer"] == r["truth"]]
         if ok:
             correct_rates.append(sum(_swapped(r) for r in ok) / len(ok))
-    sd = lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+    def sd(x: list) -> float:
+        return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+
     return {
         "alpha": config.headline_alpha,
         "directions": len(per_dir),

@@ -47,9 +47,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 
 class Op(str, Enum):
@@ -147,7 +150,7 @@ class Intervention:
 
 @dataclass
 class _AddTerm:
-    delta: object  # mx.array (B, 1, D): sum of alpha·v over rows' add interventions
+    delta: mx.array  # (B, 1, D): sum of alpha·v over rows' add interventions
     _cast: dict = field(default_factory=dict)  # dtype -> delta in that dtype, made once
 
     def delta_as(self, dtype):
@@ -163,10 +166,10 @@ class _AddTerm:
 class _ProjTerm:
     """h + (a·(h·u) + c·(x·u) + b)·u per row; c is None when no row reads the block input x."""
 
-    unit: object  # mx.array (D,) float32
-    a: object  # mx.array (B, 1, 1)
-    c: object | None  # mx.array (B, 1, 1)
-    b: object  # mx.array (B, 1, 1)
+    unit: mx.array  # (D,) float32
+    a: mx.array  # (B, 1, 1)
+    c: mx.array | None  # (B, 1, 1)
+    b: mx.array  # (B, 1, 1)
 
 
 def _projection_coefficients(iv: Intervention, layer: int, prev_layer: int | None) -> tuple[float, float, float]:
