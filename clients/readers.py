@@ -149,6 +149,39 @@ def steering_applied(response: Any) -> list[AppliedSteer]:
     return [AppliedSteer.from_json(entry) for entry in applied if isinstance(entry, dict)]
 
 
+@dataclass(frozen=True)
+class GuardFired:
+    """A server guard rule that fired (api.md section 4b): which rule, on which token, what it did.
+
+    `token_index` is None for a rule judged on the prompt (a prompt_last probe).
+    """
+
+    rule: int
+    token_index: int | None
+    score: float | None
+    action: str
+
+    @classmethod
+    def from_json(cls, data: dict) -> "GuardFired":
+        index = data.get("token_index")
+        return cls(
+            rule=int(data.get("rule", -1)),
+            token_index=int(index) if isinstance(index, int) and not isinstance(index, bool) else None,
+            score=_number(data.get("score")),
+            action=str(data.get("action")),
+        )
+
+
+def guard_fired(obj: Any, index: int = 0) -> list[GuardFired]:
+    """The guard rules that fired: in a whole response all of them, in a stream chunk those of that chunk."""
+    choice = _choice(obj, index)
+    guard = extra_field(choice, "guard") if choice is not None else None
+    fired = extra_field(guard, "fired") if guard is not None else None
+    if not isinstance(fired, list):
+        return []
+    return [GuardFired.from_json(f) for f in fired if isinstance(f, dict)]
+
+
 def chunk_text(chunk: Any, index: int = 0) -> str:
     """The text a stream chunk adds to a chat choice (or a completions choice); "" if none."""
     choice = _choice(chunk, index)

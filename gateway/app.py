@@ -128,7 +128,7 @@ def _models(gw: Gateway) -> list[dict]:
     facts = {"fingerprint": gw.lm.fingerprint, "hidden_size": gw.lm.hidden_size, "num_layers": gw.lm.num_layers}
     base = [model_object(m, gw.created, root=gw.lm.model_id, **facts) for m in gw.model_ids]
     presets = [
-        model_object(p.name, gw.created, root=gw.lm.model_id, preset={"steer": p.steer, "probes": p.probes, "description": p.description})
+        model_object(p.name, gw.created, root=gw.lm.model_id, preset={"steer": p.steer, "probes": p.probes, "guard": p.guard, "description": p.description})
         for p in gw.presets.values()
     ]
     return base + presets

@@ -33,7 +33,7 @@ class Limits:
     max_alpha: float = _limit(50.0, "largest |alpha| of an add (total shift in class-mean differences; per layer for imported control vectors)")
     max_reflect_alpha: float = _limit(2.0, "largest |alpha| of a reflect (1 mirrors the component once)")
     max_ablate_alpha: float = _limit(1.5, "largest |alpha| of an ablate (1 removes the component)")
-    max_clamp_value: float = _limit(10000.0, "largest |value| of a clamp (the projection to hold)")
+    max_clamp_value: float = _limit(10000.0, "largest |value| of a clamp or cap (and |max| of a guard's cap)")
     max_probes: int = _limit(64, "most probes one request may ask for")
     max_top_logprobs: int = _limit(20, "largest top_logprobs")
     max_logit_bias: int = _limit(300, "most entries in logit_bias")
@@ -41,6 +41,8 @@ class Limits:
     max_batch: int = _limit(16, "rows (choices) decoded together in one forward pass")
     prompt_cache_entries: int = _limit(8, "prompt KV caches kept for prefix reuse (least recently used dropped)")
     max_header_chars: int = _limit(4096, "longest X-Steer / X-Probes header")
+    max_guard_rules: int = _limit(8, "most guard rules per request (body and preset together)")
+    max_guard_tokens: int = _limit(64, "largest for_tokens of a guard rule (consecutive tokens above the threshold)")
 
 
 def limit_docs() -> list[tuple[str, object, str]]:

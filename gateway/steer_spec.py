@@ -44,8 +44,9 @@ class SteerPlan:
     applied: list[dict]  # what the response echoes under "steering.applied"
 
 
-# op -> the Limits field bounding |alpha| (clamp's alpha is unused: its value is bounded instead)
-ALPHA_LIMIT_FIELD = {"add": "max_alpha", "reflect": "max_reflect_alpha", "ablate": "max_ablate_alpha", "clamp": "max_alpha"}
+# op -> the Limits field bounding |alpha| (clamp's and cap's alpha is unused: their value is bounded instead)
+ALPHA_LIMIT_FIELD = {"add": "max_alpha", "reflect": "max_reflect_alpha", "ablate": "max_ablate_alpha", "clamp": "max_alpha",
+                     "cap": "max_alpha"}
 
 
 def _number(value, where: str, limits: Limits, param: str, what: str = "alpha", op: str = "add") -> float:
@@ -54,9 +55,9 @@ def _number(value, where: str, limits: Limits, param: str, what: str = "alpha", 
     name = "max_clamp_value" if what == "value" else ALPHA_LIMIT_FIELD[op]
     bound = getattr(limits, name)
     if abs(value) > bound:
-        label = f"{what} of {op}" if what == "alpha" else what
+        for_op = f" for {op}" if what == "alpha" else ""
         raise BadRequest(
-            f"{where}: |{label}| must be at most {bound:g} (--{name.replace('_', '-')}), got {value!r}", param=param
+            f"{where}: |{what}| must be at most {bound:g}{for_op} (--{name.replace('_', '-')}), got {value!r}", param=param
         )
     return float(value)
 
@@ -93,17 +94,18 @@ def parse_body(steer, n: int, limits: Limits) -> list[SteerEntry]:
                 raise BadRequest(f"{where}.vector must be a vector name (string), got {name!r}", param="steer")
             op = item.get("op", "add")
             if op not in {o.value for o in Op}:
-                raise BadRequest(f"{where}.op must be one of add, reflect, ablate, clamp; got {op!r}", param="steer")
+                raise BadRequest(f"{where}.op must be one of add, reflect, ablate, clamp, cap; got {op!r}", param="steer")
             scope = item.get("scope", "all")
             if scope not in {s.value for s in Scope}:
                 raise BadRequest(f"{where}.scope must be one of all, prompt, generation; got {scope!r}", param="steer")
             value = item.get("value")
-            if op == "clamp":
+            if op in ("clamp", "cap"):
                 if value is None:
-                    raise BadRequest(f"{where}: op 'clamp' needs a value (the projection to set)", param="steer")
+                    what = "the projection to set" if op == "clamp" else "the largest projection allowed"
+                    raise BadRequest(f"{where}: op {op!r} needs a value ({what})", param="steer")
                 value = _number(value, where, limits, "steer", "value", op)
             elif value is not None:
-                raise BadRequest(f"{where}.value is only used with op 'clamp'", param="steer")
+                raise BadRequest(f"{where}.value is only used with op 'clamp' or 'cap'", param="steer")
             layers = item.get("layers")
             if layers is not None and not isinstance(layers, (str, list, int)) or isinstance(layers, bool):
                 raise BadRequest(f"{where}.layers must be a list of ints, a range like '8-16' or 'all'", param="steer")

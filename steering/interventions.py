@@ -31,13 +31,17 @@ layers on the block's write along u_l:
     ablate    p -> (1-alpha)·p                   w·u -> (1-alpha)·w·u
     reflect   p -> p - 2·alpha·(p - m_first)     w·u -> w·u - 2·alpha·(w·u - (m_l - m_prev))
     clamp     p -> value                         w·u -> 0
+    cap       p -> min(p, value) at every layer of the range (activation capping: it only
+              acts above its bound, so capping the stream at each layer holds the bound)
 
 so reflect mirrors the concept once (alpha 1 maps the final projection p_L to
 2·m_L - p_L when the directions are parallel and the blocks' writes do not
 react) instead of six consecutive mirrors that undo each other; reflect twice
 restores the unsteered stream; ablate and clamp hold the projection across the
 range. Each projection op is one form, h + (a·(h·u) + c·(x·u) + b)·u, with
-per-row coefficients a, c, b (c = 0 on the stream, c = -a on a write).
+per-row coefficients a, c, b (c = 0 on the stream, c = -a on a write);
+`cap` (h - relu(p - value)·u) has a term of its own with a per-row on/off
+coefficient.
 A row without an intervention gets zero coefficients (or a zero add), and
 h + 0 is exactly h, so unsteered rows compute exactly what an unhooked model
 computes.
@@ -47,12 +51,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import mlx.core as mx
 
 
 class Op(str, Enum):
@@ -60,6 +61,7 @@ class Op(str, Enum):
     REFLECT = "reflect"
     ABLATE = "ablate"
     CLAMP = "clamp"
+    CAP = "cap"
 
 
 class Scope(str, Enum):
@@ -118,7 +120,7 @@ class Intervention:
     alpha: float = 1.0
     layers: tuple[int, ...] = ()
     scope: Scope = Scope.ALL
-    value: float | None = None  # clamp target
+    value: float | None = None  # clamp target; cap bound
     midpoints: np.ndarray | None = None  # (num_layers,) projection to reflect about
     key: str = ""  # identity of the direction (e.g. its sha256); defaults to the name
     alpha_unit: AlphaUnit = AlphaUnit.TOTAL  # what an add's alpha means
@@ -130,6 +132,8 @@ class Intervention:
         object.__setattr__(self, "alpha_unit", AlphaUnit(self.alpha_unit))
         if self.op is Op.CLAMP and self.value is None:
             raise ValueError(f"clamp on {self.name!r} needs a value")
+        if self.op is Op.CAP and self.value is None:
+            raise ValueError(f"cap on {self.name!r} needs a value (the largest projection allowed)")
         if not self.layers:
             object.__setattr__(self, "layers", tuple(range(self.directions.shape[0])))
         if not self.key:
@@ -150,7 +154,7 @@ class Intervention:
 
 @dataclass
 class _AddTerm:
-    delta: mx.array  # (B, 1, D): sum of alpha·v over rows' add interventions
+    delta: object  # mx.array (B, 1, D): sum of alpha·v over rows' add interventions
     _cast: dict = field(default_factory=dict)  # dtype -> delta in that dtype, made once
 
     def delta_as(self, dtype):
@@ -166,10 +170,17 @@ class _AddTerm:
 class _ProjTerm:
     """h + (a·(h·u) + c·(x·u) + b)·u per row; c is None when no row reads the block input x."""
 
-    unit: mx.array  # (D,) float32
-    a: mx.array  # (B, 1, 1)
-    c: mx.array | None  # (B, 1, 1)
-    b: mx.array  # (B, 1, 1)
+    unit: object  # mx.array (D,) float32
+    a: object  # mx.array (B, 1, 1)
+    c: object | None  # mx.array (B, 1, 1)
+    b: object  # mx.array (B, 1, 1)
+
+
+@dataclass
+class _CapTerm:
+    unit: object  # mx.array (D,) float32
+    on: object  # mx.array (B, 1, 1): 1 for rows capped here, 0 for the others
+    bound: object  # mx.array (B, 1, 1): the largest projection allowed
 
 
 def _projection_coefficients(iv: Intervention, layer: int, prev_layer: int | None) -> tuple[float, float, float]:
@@ -224,7 +235,7 @@ class RowSteering:
                     v = iv.directions[layer].astype(np.float32)
                     seq = stages.setdefault(layer, [])
                     prev = latest.get((r, layer), -1)
-                    kind = "add" if iv.op is Op.ADD else ("proj", iv.key)
+                    kind = "add" if iv.op is Op.ADD else ("cap" if iv.op is Op.CAP else "proj", iv.key)
                     start = prev if kind == "add" and prev >= 0 and seq[prev][0] == "add" else prev + 1
                     j = next((i for i in range(start, len(seq)) if seq[i][0] == kind), None)
                     if j is None:
@@ -239,6 +250,8 @@ class RowSteering:
                     stage = seq[j]
                     if iv.op is Op.ADD:
                         stage[1][r] += iv.per_layer_alpha * v
+                    elif iv.op is Op.CAP:  # stage[2] is then "on", stage[3] the bound
+                        stage[2][r], stage[3][r] = 1.0, float(iv.value)
                     else:
                         prev_layer = iv.layers[position - 1] if position else None
                         stage[2][r], stage[3][r], stage[4][r] = _projection_coefficients(iv, layer, prev_layer)
@@ -248,6 +261,9 @@ class RowSteering:
             for stage in seq:
                 if stage[0] == "add":
                     term = _AddTerm(mx.array(stage[1][:, None, :]).astype(target))
+                elif stage[0][0] == "cap":
+                    _, unit, on, bound, _ = stage
+                    term = _CapTerm(mx.array(unit), mx.array(on[:, None, None]), mx.array(bound[:, None, None]))
                 else:
                     _, unit, a, c, b = stage
                     reads_input = bool(np.any(c))
@@ -271,6 +287,12 @@ class RowSteering:
         for term in terms:
             if isinstance(term, _AddTerm):
                 h = h + term.delta_as(h.dtype)
+            elif isinstance(term, _CapTerm):
+                import mlx.core as mx
+
+                h32 = h.astype(term.unit.dtype)
+                excess = mx.maximum((h32 @ term.unit)[..., None] - term.bound, 0.0)
+                h = (h32 - term.on * excess * term.unit).astype(h.dtype)
             else:
                 h32 = h.astype(term.unit.dtype)
                 shift = term.a * (h32 @ term.unit)[..., None] + term.b

@@ -105,12 +105,12 @@ def test_echo_reports_the_per_layer_alpha_and_warns_beyond_the_coherent_range(ti
     plan = steer_spec.build_plan(steer_spec.parse_body({"cm": [1.5, 3.0]}, 2, Limits()), 2, shelf, Limits())
     (applied,) = plan.applied
     assert applied["alpha_unit"] == "class_mean_total"
-    # directions (1+l)·base at layers 1-3: c = alpha·16 / (2·4 + 3·4 + 4·4) = alpha·4/9
-    assert applied["per_layer_alpha"] == pytest.approx([1.5 * 4 / 9, 3.0 * 4 / 9])
+    # directions (1+l)·base at layers 1-3 are parallel: c = alpha / 3, whatever their sizes
+    assert applied["per_layer_alpha"] == pytest.approx([0.5, 1.0])
     assert len(applied["warnings"]) == 1 and "alpha 3" in applied["warnings"][0] and "[-1, 2]" in applied["warnings"][0]
     assert [c[0].alpha for c in plan.per_choice] == [1.5, 3.0]  # applied anyway
     inside = steer_spec.build_plan(steer_spec.parse_body({"cm": 2.0}, 1, Limits()), 1, shelf, Limits())
-    assert inside.applied[0]["warnings"] == [] and inside.applied[0]["per_layer_alpha"] == pytest.approx(8 / 9)
+    assert inside.applied[0]["warnings"] == [] and inside.applied[0]["per_layer_alpha"] == pytest.approx(2 / 3)
     reflect = steer_spec.build_plan(steer_spec.parse_body([{"vector": "cm", "op": "reflect", "alpha": 1.0}], 1, Limits()), 1, shelf, Limits())
     assert reflect.applied[0]["per_layer_alpha"] == 1.0 and reflect.applied[0]["warnings"] == []
 
