@@ -39,6 +39,7 @@ import numpy as np
 from mlx_interp.steering.generation import steering_session
 
 from .admission import Admission, PromptGroup
+from .echo_logprobs import prompt_entries, prompt_logprobs_k
 from .errors import QueueFull, Unavailable, as_api_error, one_line
 from .events import ChoiceEnd, Failed, Job, PromptRead
 from .guards import RowGuard, judge_before_step, rerun_prompt
@@ -371,11 +372,13 @@ class Engine:
             return
         spec = adm.job.spec
         capture_all = spec.echo and bool(spec.probes)
-        cache, cached = (None, 0) if capture_all else self._prompt_cache.lookup(group.steer_key, group.tokens)
+        top_k = prompt_logprobs_k(spec)  # None unless echo + logprobs: then every prompt token is scored
+        fresh = capture_all or top_k is not None  # both need every prompt position computed
+        cache, cached = (None, 0) if fresh else self._prompt_cache.lookup(group.steer_key, group.tokens)
         group.cached_tokens = cached
         group.task = self._batch.start_prefill(
             list(group.tokens), group.choices[0].interventions, cache=cache, cached_tokens=cached,
-            capture_all=capture_all, chunk=self.limits.prefill_chunk_tokens,
+            capture_all=capture_all, chunk=self.limits.prefill_chunk_tokens, prompt_logprobs=top_k,
         )
         if capture_all:  # keep per-token probe scores, not every token's every layer, while a long prompt is read
             group.task.reduce = lambda states: self._prompt_scores(spec, states)
@@ -422,7 +425,8 @@ class Engine:
                 per_token = pre.hidden_all  # (T, L, P): reduced chunk by chunk (_prompt_scores)
                 token_readings = [per_token[t].T for t in range(per_token.shape[0])]
         group.reading = reading
-        events = [PromptRead(c.index, reading, token_readings, group.cached_tokens) for c in group.choices]
+        echoed = None if pre.prompt_logprobs is None else prompt_entries(pre.prompt_logprobs, group.tokens, self._texts)
+        events = [PromptRead(c.index, reading, token_readings, group.cached_tokens, echoed) for c in group.choices]
         if spec.max_tokens == 0:
             events += [ChoiceEnd(c.index, "length", 0) for c in group.choices]
             group.choices.clear()

@@ -140,7 +140,8 @@ def text_logprobs(entries: list[tuple[str, float, list[tuple[str, float]]]], off
         "token_logprobs": [lp for _, lp, _ in entries],
         "text_offset": offsets,
     }
-    out["top_logprobs"] = [{t: lp for t, lp in top} for _, _, top in entries] if want_top else []
+    # an echoed prompt's first token has no log-probability and no alternatives: null, as OpenAI sends
+    out["top_logprobs"] = [None if top is None else {t: lp for t, lp in top} for _, _, top in entries] if want_top else []
     return out
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 from .capture import Recorder, ResidualHook
 from .hooks import layer_hooks
 from .interventions import Intervention, Phase, RowSteering
+from .prompt_logprobs import PromptLogprobs, PromptScorer
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -28,6 +29,7 @@ class Prefill:
     cache: list  # the row's own mlx-lm cache
     hidden_last: mx.array | None  # (L, D) last prompt token, steered, if captured
     hidden_all: object | None = None  # (T, L, D) every processed prompt token, if asked (or what `reduce` made of it)
+    prompt_logprobs: PromptLogprobs | None = None  # each prompt token's log-probability, if asked
 
 
 @dataclass
@@ -51,6 +53,7 @@ class PrefillTask:
     reduce: object = None
     logits: object = None
     chunks_all: list = field(default_factory=list)
+    scorer: PromptScorer | None = None  # scores the prompt's own tokens from every chunk's logits, if asked
 
     @property
     def tokens_left(self) -> int:
@@ -70,6 +73,8 @@ class PrefillTask:
             recorder.clear()
             out = self.batch.lm.model(mx.array([piece]), cache=self.cache)
             self.logits = out[0, -1]
+            if self.scorer is not None:
+                self.scorer.feed(out[0])
             if self.capture_all and recorder.outputs:
                 states = self.batch._stack_all()
                 self.chunks_all.append(states if self.reduce is None else self.reduce(states))
@@ -84,7 +89,9 @@ class PrefillTask:
         if self.chunks_all:
             first = self.chunks_all[0]
             hidden_all = mx.concatenate(self.chunks_all, axis=0) if isinstance(first, mx.array) else _concat(self.chunks_all)
-        return Prefill(logits=self.logits, cache=self.cache, hidden_last=hidden_last, hidden_all=hidden_all)
+        scored = self.scorer.result() if self.scorer is not None else None
+        return Prefill(logits=self.logits, cache=self.cache, hidden_last=hidden_last, hidden_all=hidden_all,
+                       prompt_logprobs=scored)
 
 
 def _concat(parts):
@@ -119,8 +126,13 @@ class DecodeBatch:
         cached_tokens: int = 0,
         capture_all: bool = False,
         chunk: int = PREFILL_CHUNK,
+        prompt_logprobs: int | None = None,
     ) -> "PrefillTask":
-        """A prompt to run alone, one chunk per `advance()`, so decode steps can run in between."""
+        """A prompt to run alone, one chunk per `advance()`, so decode steps can run in between.
+
+        `prompt_logprobs=k` also scores every prompt token (with its top k alternatives); that
+        needs the logits of every position, so the whole prompt must run (no cached prefix).
+        """
         from mlx_lm.models.cache import make_prompt_cache
 
         if not tokens:
@@ -133,8 +145,13 @@ class DecodeBatch:
             for c in cache:
                 c.trim(cached_tokens - len(tokens) + 1)
             cached_tokens = len(tokens) - 1
+        scorer = None
+        if prompt_logprobs is not None:
+            if cached_tokens:
+                raise ValueError("prompt log-probabilities need the whole prompt run: no cached prefix")
+            scorer = PromptScorer(tokens, prompt_logprobs)
         steering = RowSteering.build([tuple(interventions)], Phase.PROMPT)
-        return PrefillTask(self, list(tokens[cached_tokens:]), steering, cache, capture_all, chunk)
+        return PrefillTask(self, list(tokens[cached_tokens:]), steering, cache, capture_all, chunk, scorer=scorer)
 
     def prefill(
         self,
@@ -143,9 +160,10 @@ class DecodeBatch:
         cache: list | None = None,
         cached_tokens: int = 0,
         capture_all: bool = False,
+        prompt_logprobs: int | None = None,
     ) -> Prefill:
         """Run a prompt alone, to the end. `cache` may hold the first `cached_tokens` already (a reused prefix)."""
-        task = self.start_prefill(tokens, interventions, cache, cached_tokens, capture_all)
+        task = self.start_prefill(tokens, interventions, cache, cached_tokens, capture_all, prompt_logprobs=prompt_logprobs)
         while True:
             done = task.advance()
             if done is not None:
