@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from mlx_interp.steering.artifacts import ArtifactError, check_name
 
-from . import auth
+from . import auth, playground
 from .catalog import ReadOnlyArtifact
 from .errors import APIError, BadRequest, Conflict, NotFound, Unavailable, Unprocessable
 from .jsonio import JSONResponse, error_response, read_json_object, starlette_handler
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 UPLOAD_FIELDS = {"name", "metadata", "safetensors"}
+# No key needed: /health, and the playground's static files (their API calls carry the key).
+PUBLIC_PATHS = auth.OPEN_PATHS | playground.PUBLIC_PATHS
 CLIENT_GONE = 499  # nginx's convention; the client never sees it, /metrics does
 
 
@@ -87,7 +89,7 @@ class Guard:
             await send(message)
 
         try:
-            if scope["path"] not in auth.OPEN_PATHS:
+            if scope["path"] not in PUBLIC_PATHS:
                 try:
                     auth.check_api(self.gw.keys, Headers(scope=scope))
                 except APIError as exc:
@@ -239,6 +241,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        *playground.routes(),
     ]
     for base in ("/v1/steering/vectors", "/v1/probes"):
         routes += [

@@ -128,13 +128,19 @@ class ProbeReadings:
         """{name: {"score": x}} at each token probe's best layer: what a stream chunk carries.
 
         Only probes trained per token have a per-token reading; the others
-        appear in the final chunk's aggregates.
+        appear in the final chunk's aggregates. A probe asked for per_token also
+        gets the token's reading at every layer (`per_layer`, null where it has
+        no weights): the playground draws it.
         """
-        return {
-            r.name: {"score": _finite(reading[j, r.probe.best_layer])}
-            for j, r in enumerate(self.requests)
-            if r.probe.per_token
-        }
+        out = {}
+        for j, r in enumerate(self.requests):
+            if not r.probe.per_token:
+                continue
+            item = {"score": _finite(reading[j, r.probe.best_layer])}
+            if r.per_token:
+                item["per_layer"] = [_finite(v) for v in reading[j]]
+            out[r.name] = item
+        return out
 
     def _per_layer(self, j: int, probe) -> np.ndarray:
         """The probe's reading at every layer, taken where it was trained to read."""
