@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_interp.steering.artifacts import ArtifactError, dataset_hash
+from mlx_interp.steering.artifacts import ArtifactError
 
-from .common import GREEN_RED_PAIRS, PROBE_LIBRARY, SYCOPHANCY, VECTOR_LIBRARY, read_jsonl
+from .common import GREEN_RED_PAIRS, PROBE_LIBRARY, VECTOR_LIBRARY
 
 VECTOR_NAME = "green_red"
 PROBE_NAME = "sycophancy"

@@ -36,9 +36,10 @@ from mlx_interp.steering.artifacts import (
     require_fields,
 )
 
-METHODS = ("logistic", "diff_means")
 from .aggregation import AGGREGATIONS, DEFAULT_EMA_WINDOW
 from .positions import POSITIONS, LEGACY_POSITIONS, declared_position, reads_per_token
+
+METHODS = ("logistic", "diff_means")
 TENSOR_NAMES = ("layers", "weights", "bias", "mean", "scale")
 REQUIRED_FIELDS = ("name", "labels", "method", "best_layer", "threshold", "hidden_size")
 JSON_SUFFIX = ".json"

@@ -18,8 +18,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .probe import Probe
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -100,7 +104,7 @@ def recipe_rows(name: str, known_groups: set | None = None) -> list[dict]:
 
 
 def build(name: str, lm, progress: bool = False, seed: int = 0, knowledge_check: list[dict] | None = None,
-          captured: tuple | None = None) -> "Probe":  # noqa: F821
+          captured: tuple | None = None) -> "Probe":
     """Build the named probe for lm from its shipped dataset.
 
     knowledge_check: the result of experiments.sycophancy_knowledge.knowledge(lm, items()) when it was

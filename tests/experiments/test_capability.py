@@ -13,7 +13,7 @@ from mlx_interp.experiments import capability
 from mlx_interp.experiments.colour_swap import COLOUR_PATTERN
 from mlx_interp.experiments.common import read_jsonl
 
-import lm_eval  # noqa: E402  (installed with the test extra; a missing one is an error, not a skip)
+import lm_eval  # noqa: E402,F401  (installed with the test extra: missing is an error here, not a skip)
 
 
 def test_task_files_are_well_formed_and_colour_free():

@@ -3,10 +3,8 @@ import json
 import httpx
 import pytest
 
-from gateway_helpers import ServerProcess, make_probe, make_vector
+from gateway_helpers import ADMIN_KEY, API_KEY, ServerProcess, make_probe, make_vector
 
-API_KEY = "test-api-key"
-ADMIN_KEY = "test-admin-key"
 
 
 @pytest.fixture(scope="session")

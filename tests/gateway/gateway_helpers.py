@@ -27,6 +27,12 @@ STARTUP_TIMEOUT_S = 120
 
 # -- server process -----------------------------------------------------------------------------
 
+# Keys the test servers run with (conftest.py starts them; tests import them from here, since
+# `from conftest import` finds whichever conftest.py was imported last).
+API_KEY = "test-api-key"
+ADMIN_KEY = "test-admin-key"
+
+
 
 def free_port() -> int:
     with socket.socket() as s:

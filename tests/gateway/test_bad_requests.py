@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from conftest import ADMIN_KEY, API_KEY
+from gateway_helpers import ADMIN_KEY, API_KEY
 from gateway_helpers import validate
 from mlx_interp.gateway.errors import MAX_MESSAGE_CHARS
 

@@ -9,7 +9,7 @@ intervention applied in-process does.
 import numpy as np
 import openai
 import pytest
-from conftest import API_KEY
+from gateway_helpers import API_KEY
 from gateway_helpers import validate
 
 pytestmark = pytest.mark.server

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import API_KEY
+from gateway_helpers import API_KEY
 from gateway_helpers import ServerProcess
 
 pytestmark = pytest.mark.server

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import ADMIN_KEY, API_KEY
+from gateway_helpers import ADMIN_KEY, API_KEY
 from gateway_helpers import ServerProcess, make_probe, make_vector, sse_events, validate
 
 pytestmark = pytest.mark.server

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import API_KEY
+from gateway_helpers import API_KEY
 from gateway_helpers import ServerProcess, make_probe, make_vector, sse_events
 
 pytestmark = pytest.mark.server

@@ -312,7 +312,7 @@ def test_sigterm_drains_for_the_configured_time_then_cancels(tiny_model_dirs):
 
 def test_per_token_prompt_scores_do_not_depend_on_the_chunk_size(keyless, tiny_server):
     """Echoed per-token probe scores are reduced chunk by chunk; 8-token chunks must match one 512-token pass."""
-    from conftest import API_KEY
+    from gateway_helpers import API_KEY
 
     body = {"model": "default", "prompt": "the quick brown fox jumps over the lazy dog " * 2, "max_tokens": 0,
             "echo": True, "probes": {"alpha_probe": {"per_token": True}}}

@@ -14,7 +14,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from browser_helpers import page_errors, start_browser, wait_for
-from conftest import ADMIN_KEY, API_KEY
+from gateway_helpers import ADMIN_KEY, API_KEY
 from gateway_helpers import ServerProcess, make_vector
 from playground_helpers import column_scores, column_texts, enter_key, open_page, screenshot, send_and_wait, set_field
 
