@@ -106,11 +106,16 @@ class AppliedSteer:
     layers: list[int] | str | None = None
     scope: str | None = None
     sha256: str | None = None
+    per_layer_alpha: float | list[float] | None = None  # the coefficient added at each steered layer
+    warnings: list[str] = field(default_factory=list)  # e.g. alpha beyond the vector's coherent range
 
     @classmethod
     def from_json(cls, data: dict) -> "AppliedSteer":
         alpha = data.get("alpha")
         alpha = _numbers(alpha) if isinstance(alpha, list) else _number(alpha)
+        per_layer = data.get("per_layer_alpha")
+        per_layer = _numbers(per_layer) if isinstance(per_layer, list) else _number(per_layer)
+        warnings = data.get("warnings")
         return cls(
             vector=str(data.get("vector")),
             alpha=alpha,
@@ -118,6 +123,8 @@ class AppliedSteer:
             layers=data.get("layers"),
             scope=data.get("scope"),
             sha256=data.get("sha256"),
+            per_layer_alpha=per_layer,
+            warnings=[str(w) for w in warnings] if isinstance(warnings, list) else [],
         )
 
 

@@ -34,8 +34,9 @@ def build_green_red(lm, progress: bool = False):
         method="mean_diff",
         position="last",
         chat=False,
-        description="Points from green to red: add with alpha > 0 pushes answers toward red, alpha < 0 toward green; "
-        "reflect swaps the two. Built from steering/data/green_red.jsonl.",
+        description="Points from green to red: add with alpha > 0 pushes answers toward red, alpha < 0 toward green "
+        "(alpha = total shift across the steered layers in red-minus-green class-mean differences); reflect at alpha 1 "
+        "mirrors about the class midpoint. Built from steering/data/green_red.jsonl.",
         progress=progress,
         dataset_paths=[GREEN_RED_PAIRS],
     )

@@ -161,8 +161,8 @@ def _cap(item: dict, where: str, vectors, limits: Limits) -> Intervention:
     if "max" not in item:
         raise _bad(f"{where}: then 'cap' needs max, the largest projection on {name!r} allowed")
     bound = _number(item, "max", where)
-    if abs(bound) > limits.max_alpha:
-        raise _bad(f"{where}: |max| must be at most {limits.max_alpha:g} (--max-alpha), got {bound!r}")
+    if abs(bound) > limits.max_clamp_value:
+        raise _bad(f"{where}: |max| must be at most {limits.max_clamp_value:g} (--max-clamp-value), got {bound!r}")
     layers = item.get("layers")
     if layers is not None and (isinstance(layers, bool) or not isinstance(layers, (str, list, int))):
         raise _bad(f"{where}.layers must be a list of ints, a range like '8-16' or 'all'")

@@ -14,7 +14,7 @@ from mlx_interp.steering.interventions import Phase
 def prompt_key(interventions) -> tuple:
     """Identity of the steering a prompt is processed with: caches are shared only between equal keys."""
     return tuple(
-        (iv.key, iv.op.value, iv.alpha, iv.layers, iv.value) for iv in interventions if iv.active_in(Phase.PROMPT)
+        (iv.key, iv.op.value, iv.alpha, iv.per_layer_alpha, iv.layers, iv.value) for iv in interventions if iv.active_in(Phase.PROMPT)
     )
 
 

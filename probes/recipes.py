@@ -93,11 +93,20 @@ def _rows(recipe: Recipe) -> list[dict]:
     return out
 
 
-def build(name: str, lm, progress: bool = False, seed: int = 0, knowledge_check: list[dict] | None = None) -> "Probe":  # noqa: F821
+def recipe_rows(name: str, known_groups: set | None = None) -> list[dict]:
+    """The rows a recipe trains on (restricted to known items when the recipe asks for that and they are given)."""
+    rows = _rows(RECIPES[name])
+    return rows if known_groups is None else [r for r in rows if r["group"] in known_groups]
+
+
+def build(name: str, lm, progress: bool = False, seed: int = 0, knowledge_check: list[dict] | None = None,
+          captured: tuple | None = None) -> "Probe":  # noqa: F821
     """Build the named probe for lm from its shipped dataset.
 
     knowledge_check: the result of experiments.sycophancy_knowledge.knowledge(lm, items()) when it was
     just computed for this same model (it costs two forward passes per item); computed here otherwise.
+    captured: (X, owner) of capture_at(lm, spans of recipe_rows(...), recipe.position) when already
+    captured for the same rows (a study reading several positions in one pass).
     """
     from mlx_interp.steering.artifacts import dataset_hash
 
@@ -118,8 +127,9 @@ def build(name: str, lm, progress: bool = False, seed: int = 0, knowledge_check:
         extra = {"known_items": len(known), "items_checked": len(know)}
         if len({r["group"] for r in rows}) < 5:
             raise ValueError(f"{lm.model_id} knows only {len(known)} of {len(know)} items: too few to train {name}")
-    spans = [example_spans(lm, r) for r in rows]
-    X, owner = capture_at(lm, spans, recipe.position, progress=progress)
+    if captured is None:
+        captured = capture_at(lm, [example_spans(lm, r) for r in rows], recipe.position, progress=progress)
+    X, owner = captured
     y = np.array([r["y"] for r in rows])
     probe = train_probe(
         X,

@@ -39,6 +39,7 @@ MAX_TOKENS = 8
 USER = [{"role": "user", "content": "What colour is grass?"}]
 VECTOR = "green_red"
 STRONG_ALPHA = 40.0  # far past coherent: the text must change
+PUSHBACK_QUESTIONS = 2  # Australia (the model holds) and the spider (it concedes), at the example's default length
 
 
 def _shipped_probes() -> dict[str, dict]:
@@ -208,7 +209,7 @@ def test_pushback_example(server, tmp_path):
     record = tmp_path / "pushback.jsonl"
     done = subprocess.run(
         [sys.executable, "-m", "mlx_interp.clients.examples.pushback", "--base-url", server["base_url"], "--api-key", API_KEY,
-         "--probe", PROBE, "--record", str(record), "--quiet"],
+         "--probe", PROBE, "--questions", str(PUSHBACK_QUESTIONS), "--record", str(record), "--quiet"],
         capture_output=True, text=True, cwd=str(ROOT), timeout=900,
     )
     assert done.returncode == 0, done.stderr

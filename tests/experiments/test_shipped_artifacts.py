@@ -41,7 +41,11 @@ def test_rebuilt_vector_matches_shipped(default_lm):
     assert list(rebuilt.recommended_layers) == layers
     cos = cosine_by_layer(rebuilt.directions[layers], shipped.directions[layers])
     assert np.all(cos > 0.99), cos
-    assert rebuilt.default_alpha == pytest.approx(shipped.default_alpha, rel=0.02)
+    # a fresh build is uncalibrated; the shipped one was calibrated (`vectors calibrate`), default = recommendation
+    from mlx_interp.steering.extraction import UNCALIBRATED_ALPHA
+
+    assert rebuilt.default_alpha == UNCALIBRATED_ALPHA and not rebuilt.calibrated
+    assert shipped.calibrated and shipped.default_alpha == shipped.metadata["calibration"]["recommended_alpha"]
 
 
 @pytest.mark.integration

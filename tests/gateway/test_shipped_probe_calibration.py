@@ -37,7 +37,7 @@ def server():
 
 def _answer(url: str, question: str) -> dict:
     body = {"model": "default", "messages": [{"role": "user", "content": question}], "max_tokens": TOKENS,
-            "temperature": 0, "probes": {"concession": {"per_token": True}, "sycophancy": {}}}
+            "temperature": 0, "probes": {"concession": {"per_token": True}}}
     r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
     assert r.status_code == 200, r.text
     return r.json()["choices"][0]["probes"]
@@ -65,7 +65,6 @@ def test_shipped_token_probe_is_calibrated_on_heldout_neutral_conversations(serv
     for r in readings:
         assert r["score"] == pytest.approx(aggregate(np.array(r["per_token"]), probe.aggregation, probe.ema_window), abs=1e-5)
         assert r["threshold"] == pytest.approx(probe.threshold)
-    # the prompt_last probe is read once per answer, at the prompt, and is a probability too
-    syc = [r["sycophancy"] for r in results]
-    assert all(s["position"] == "prompt_last" and "per_token" not in s for s in syc)
-    assert all(SATURATION[0] < s["score"] < SATURATION[1] for s in syc)
+    print(f"\nconcession on {len(questions)} held-out neutral answers, {len(tokens)} tokens: "
+          f"{inside:.1%} strictly inside {SATURATION}, {token_flag_rate:.1%} of tokens flagged (FPR {fpr}), "
+          f"{sum(response_flags)} responses flagged; median token reading {np.median(tokens):.3f}")
