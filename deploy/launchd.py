@@ -11,7 +11,7 @@ import plistlib
 from pathlib import Path
 
 from .plan import RunCommand, Step, WriteFile
-from .service import RESTART_DELAY_S, STOP_TIMEOUT_S, ServiceSpec, launchd_label
+from .service import RESTART_DELAY_S, ServiceSpec, launchd_label
 
 PLATFORM = "macos"
 LAUNCHCTL = "launchctl"
@@ -55,7 +55,7 @@ def plist_dict(spec: ServiceSpec, home: Path, *, mask_secrets: bool = False) -> 
         # restart after a crash, not after a clean stop (systemd: Restart=on-failure)
         "KeepAlive": {"SuccessfulExit": False},
         "ThrottleInterval": RESTART_DELAY_S,
-        "ExitTimeOut": STOP_TIMEOUT_S,
+        "ExitTimeOut": spec.stop_timeout_s,
         "StandardOutPath": str(stdout),
         "StandardErrorPath": str(stderr),
     }

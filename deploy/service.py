@@ -8,14 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlx_interp.gateway.auth import is_loopback  # the same rule the server applies when it starts
+from mlx_interp.gateway.limits import ENV_PREFIX, Limits
 
 DEFAULT_NAME = "mlx-interp"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # seconds between a crash and the restart (launchd ThrottleInterval, systemd RestartSec)
 RESTART_DELAY_S = 10
-# seconds the server gets to finish requests when stopped
-STOP_TIMEOUT_S = 30
+# seconds the service manager waits after SIGTERM before SIGKILL: the server's drain time
+# (--drain-s, MLX_INTERP_DRAIN_S) plus this margin for cancelling, stopping the model thread and exiting
+STOP_MARGIN_S = 15
+STOP_TIMEOUT_S = int(Limits().drain_s) + STOP_MARGIN_S
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 API_KEY_ENV = "MLX_INTERP_API_KEY"
@@ -66,6 +69,17 @@ class ServiceSpec:
     probes: tuple[str, ...] = ()
     extra_environment: tuple[tuple[str, str], ...] = ()
     working_directory: str = field(default_factory=lambda: str(Path.home()))
+
+    @property
+    def stop_timeout_s(self) -> int:
+        """STOP_TIMEOUT_S, or the drain time given with --env MLX_INTERP_DRAIN_S plus the margin."""
+        for key, value in self.extra_environment:
+            if key == ENV_PREFIX + "DRAIN_S":
+                try:
+                    return int(float(value)) + STOP_MARGIN_S
+                except ValueError:
+                    raise ValueError(f"--env {key} must be a number of seconds, got {value!r}") from None
+        return STOP_TIMEOUT_S
 
     def __post_init__(self):
         check_name(self.name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .plan import RunCommand, Step, WriteFile
-from .service import RESTART_DELAY_S, STOP_TIMEOUT_S, ServiceSpec, systemd_unit
+from .service import RESTART_DELAY_S, ServiceSpec, systemd_unit
 
 PLATFORM = "linux"
 SYSTEMCTL = "systemctl"
@@ -81,7 +81,7 @@ def render_unit(spec: ServiceSpec, home: Path, *, log_to_files: bool = False) ->
     lines += [
         "Restart=on-failure",
         f"RestartSec={RESTART_DELAY_S}",
-        f"TimeoutStopSec={STOP_TIMEOUT_S}",
+        f"TimeoutStopSec={spec.stop_timeout_s}",
     ]
     if log_to_files:
         (log,) = log_files(home, spec.name)

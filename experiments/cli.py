@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 STUDIES = ("colour-swap", "sycophancy", "confound", "contamination")
-COMMANDS = STUDIES + ("all", "build-artifacts", "report")
+COMMANDS = STUDIES + ("all", "build-artifacts", "report", "capability")
 
 
 def register(subparsers) -> None:
@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="reduced run (fewer items, alphas, directions): checks the pipeline")
     p.add_argument("--install", action="store_true", help="build-artifacts: also copy the result into the shipped libraries")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--steer", default=None, metavar="JSON",
+                   help='capability: the steering preset\'s steer (default: {"green_red": 1.5}); needs mlx-interp[eval]')
+    p.add_argument("--limit", type=int, default=None, help="capability: items per lm-eval task (default: all)")
     p.set_defaults(func=_run)
 
 
@@ -39,7 +42,8 @@ def quick_configs(seed: int = 0) -> dict:
     from .sycophancy import SycophancyConfig
 
     return {
-        "colour-swap": ColourConfig(add_alphas=(1.0, 2.0), reflect_alphas=(1.0,), n_random=3, max_questions=12, max_controls=4, seed=seed),
+        "colour-swap": ColourConfig(add_alphas=(1.5, 3.0), reflect_alphas=(1.0,), n_random=3, max_questions=12, max_controls=4,
+                                    n_permutations=2000, n_bootstrap=500, seed=seed),
         "sycophancy": SycophancyConfig(max_items=10, folds=3, n_shuffles=1, n_permutations=5, n_bootstrap=100, seed=seed,
                                        knowledge=False),
         "confound": ConfoundConfig(max_items=10, folds=3, n_bootstrap=100, seed=seed),
@@ -76,6 +80,16 @@ def _run(args) -> int:
         from .report import render
 
         print(render(out))
+        return 0
+    if args.name == "capability":  # lm-eval against a server it starts: plain and through a steering preset
+        from .capability import CapabilityConfig, run
+
+        config = CapabilityConfig(limit=args.limit)
+        if args.steer:
+            config.steer = json.loads(args.steer)
+        result = run(args.model, out, config)
+        print(json.dumps({k: result[k] for k in ("plain", "steered", "steering_applied")}, indent=2))
+        print(f"capability: {out / 'capability.json'}")
         return 0
     lm = load_model(args.model, progress=progress)
     if args.install:

@@ -21,49 +21,50 @@ def _title(result: dict, what: str) -> str:
 
 
 def plot_colour_swap(result: dict, path: Path) -> Path:
-    """Swap rate against alpha (vector, sign-flipped, random band) and coherence (KL, no-colour answers)."""
+    """Swap rate against alpha (vector, random directions, sign-flipped), reflect, and coherence (KL, no-colour answers)."""
     plt = _plt()
     add = [e for e in result["sweep"] if e["op"] == "add"]
     refl = [e for e in result["sweep"] if e["op"] == "reflect"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     ax = axes[0]
     xs = [e["alpha"] for e in add]
-    rate = [e["swap_rate"] for e in add]
-    lo = [e["swap_ci95"][0] for e in add]
-    hi = [e["swap_ci95"][1] for e in add]
-    ax.plot(xs, rate, "o-", color="crimson", label="green_red, away from the truth")
-    ax.fill_between(xs, lo, hi, color="crimson", alpha=0.15, label="95% Wilson interval")
-    if add and "random" in add[0]:
-        rmin = [e["random"]["per_direction_min"] for e in add]
-        rmax = [e["random"]["per_direction_max"] for e in add]
-        ax.fill_between(xs, rmin, rmax, color="grey", alpha=0.35, label=f"{add[0]['random']['directions']} random directions (min-max)")
-        ax.plot(xs, [e["random"]["swap_rate"] for e in add], "--", color="grey", label="random, pooled")
-    if add and "flipped" in add[0]:
-        ax.plot(xs, [e["flipped"]["swap_rate"] for e in add], "s:", color="seagreen", label="sign-flipped (toward the truth)")
+    for subset, colour, label in (("all", "crimson", "all questions"), ("correct", "darkorange", "questions answered right unsteered")):
+        rate = [e[subset]["rate"] for e in add]
+        ax.plot(xs, rate, "o-", color=colour, label=f"green_red away from the truth: {label}")
+        ax.fill_between(xs, [e[subset]["ci95"][0] for e in add], [e[subset]["ci95"][1] for e in add], color=colour, alpha=0.12)
+    rnd = result.get("random")
+    if rnd:
+        ax.errorbar([rnd["alpha"]], [rnd["all"]["mean"]], yerr=[rnd["all"]["sd"]], fmt="s", color="grey", capsize=4,
+                    label=f"{rnd['directions']} random directions, mean ± SD")
+    flipped = result.get("flipped")
+    if flipped:
+        ax.plot([flipped["alpha"]], [flipped["all"]["rate"]], "v", color="seagreen", label="sign-flipped (toward the truth)")
     ax.axhline(result["baseline"]["swap_rate"] or 0, color="black", lw=0.8, label="unsteered")
-    ax.set_xlabel("alpha (multiples of the default alpha)")
+    ax.set_xlabel("alpha (total shift, class-mean differences)")
     ax.set_ylabel("swap rate (answer names the other colour)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("add: swap rate")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title("add: swap rate (95% CI resampling items)")
+    ax.legend(fontsize=6.5, loc="upper left")
 
     ax = axes[1]
     if refl:
-        rx = [e["alpha"] for e in refl]
-        ax.plot(rx, [e["swap_rate"] for e in refl], "o-", color="purple", label="swap rate")
-        ax.plot(rx, [e["no_colour_rate"] for e in refl], "x--", color="black", label="no colour named")
-        if "controls" in refl[0]:
-            ax.plot(rx, [e["controls"]["contamination_rate"] for e in refl], "^:", color="orange", label="controls turned green/red")
+        labels = [f"reflect {e['alpha']}" for e in refl]
+        x = np.arange(len(refl))
+        ax.bar(x - 0.3, [e["all"]["rate"] or 0 for e in refl], 0.2, color="purple", label="swap, all questions")
+        ax.bar(x - 0.1, [e["correct"]["rate"] or 0 for e in refl], 0.2, color="orchid", label="swap, answered right unsteered")
+        ax.bar(x + 0.1, [e["no_colour_rate"] or 0 for e in refl], 0.2, color="black", label="no colour named")
+        ax.bar(x + 0.3, [(e.get("controls") or {}).get("contamination_rate") or 0 for e in refl], 0.2, color="orange",
+               label="controls turned green/red")
+        ax.set_xticks(x, labels)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("reflect strength (1 = mirror about the midpoint)")
-    ax.set_title("reflect")
+    ax.set_title("reflect (mirror once over the range)")
     ax.legend(fontsize=7)
 
     ax = axes[2]
     ax.plot(xs, [e["kl_mean"] for e in add], "o-", color="crimson", label="KL, green_red (mean)")
-    if add and "random" in add[0]:
-        ax.plot(xs, [e["random"]["kl_mean"] for e in add], "--", color="grey", label="KL, random (mean)")
-    ax.set_xlabel("alpha (multiples of the default alpha)")
+    if rnd:
+        ax.plot([rnd["alpha"]], [rnd["kl_mean"]], "s", color="grey", label="KL, random (mean)")
+    ax.set_xlabel("alpha (total shift, class-mean differences)")
     ax.set_ylabel("KL(unsteered || steered), first answer token, nats")
     ax2 = ax.twinx()
     ax2.plot(xs, [e["no_colour_rate"] for e in add], "x:", color="black", label="no colour named")
@@ -75,7 +76,7 @@ def plot_colour_swap(result: dict, path: Path) -> Path:
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
     ax.set_title("add: coherence and contamination")
-    fig.suptitle(_title(result, f"Colour swap ({result['n_questions']} questions, {result['n_controls']} controls)"))
+    fig.suptitle(_title(result, f"Colour swap ({result['n_questions']} questions, {result['n_items']} items, {result['n_controls']} controls)"))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

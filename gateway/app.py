@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,10 +20,11 @@ from starlette.routing import Route
 
 from mlx_interp.steering.artifacts import ArtifactError, check_name
 
-from . import auth, playground
+from . import auth, origin, playground
 from .catalog import ReadOnlyArtifact
-from .errors import APIError, BadRequest, Conflict, NotFound, Unavailable, Unprocessable
-from .jsonio import JSONResponse, error_response, read_json_object, starlette_handler
+from .edge import check_head
+from .errors import APIError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable, Unprocessable, one_line
+from .jsonio import JSONResponse, dumps, error_response, nesting_depth, read_json_object, starlette_handler
 from .limits import Limits
 from .metrics import Metrics
 from .protocol import CHAT, TEXT, model_object, now
@@ -38,9 +40,12 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 UPLOAD_FIELDS = {"name", "metadata", "safetensors"}
+MAX_METADATA_DEPTH = 32  # an artifact's JSON is flat in practice; 600 levels used to hit Python's recursion limit
 # No key needed: /health, and the playground's static files (their API calls carry the key).
 PUBLIC_PATHS = auth.OPEN_PATHS | playground.PUBLIC_PATHS
 CLIENT_GONE = 499  # nginx's convention; the client never sees it, /metrics does
+
+log = logging.getLogger("mlx_interp.gateway")
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Gateway:
     presets: dict = field(default_factory=dict)
     model_ids: tuple[str, ...] = ("default",)
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: frozenset | None = None  # Host header values accepted (None: any); set for keyless loopback
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=now)
 
@@ -81,20 +87,30 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        status = {"code": 500}
+        status = {"code": 500, "started": False}
 
         async def counted_send(message):
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
             await send(message)
 
         try:
-            if scope["path"] not in PUBLIC_PATHS:
-                try:
-                    auth.check_api(self.gw.keys, Headers(scope=scope))
-                except APIError as exc:
-                    return await error_response(exc)(scope, receive, counted_send)
-            await self.app(scope, receive, counted_send)
+            headers = Headers(scope=scope)
+            try:
+                check_head(scope)
+                origin.check_host(self.gw.allowed_hosts, headers)
+                origin.check_origin(scope, headers, self.gw.cors_origins)
+                if scope["path"] not in PUBLIC_PATHS:
+                    auth.check_api(self.gw.keys, headers)
+            except APIError as exc:
+                return await error_response(exc)(scope, receive, counted_send)
+            try:
+                await self.app(scope, receive, counted_send)
+            except Exception as exc:  # noqa: BLE001 - one log line (as_api_error), no second traceback from the server
+                if status["started"]:
+                    log.error("response to %s %s broke off: %s", scope["method"], scope["path"][:100], one_line(exc))
+                else:
+                    await error_response(exc)(scope, receive, counted_send)
         finally:
             self.gw.metrics.observe_request(scope["path"], scope["method"], status["code"])
 
@@ -105,14 +121,15 @@ class Guard:
 async def _generate(request, kind: str):
     gw: Gateway = request.app.state.gateway
     body = await read_json_object(request, gw.limits.max_body_bytes)
-    spec = parse_request(body, request.headers, kind, gw.context())
+    # Parsing tokenizes (and may read long layer specs): off the event loop, like every big piece of work.
+    spec = await run_in_threadpool(parse_request, body, request.headers, kind, gw.context())
     run = Run(gw.engine, spec, on_finish=lambda tokens: gw.metrics.observe_generation(spec, tokens))
     if spec.stream:
         return SSEResponse(run)
     result = await wait_for_response(run, request)
     if result is None:
         return Response(status_code=CLIENT_GONE)
-    return JSONResponse(result)
+    return await run_in_threadpool(JSONResponse, result)
 
 
 async def chat_completions(request):
@@ -159,16 +176,33 @@ def _shelf(request):
 
 async def list_artifacts(request):
     shelf, kind = _shelf(request)
-    return JSONResponse({"object": "list", "data": shelf.describe()})
+    return await run_in_threadpool(lambda: JSONResponse({"object": "list", "data": shelf.describe()}))
+
+
+def _describe_one(shelf, name: str):
+    for item in shelf.describe():
+        if item["name"] == name:
+            return JSONResponse(item)
+    return None
 
 
 async def get_artifact(request):
     shelf, kind = _shelf(request)
     name = request.path_params["name"]
-    for item in shelf.describe():
-        if item["name"] == name:
-            return JSONResponse(item)
-    raise NotFound(f"no {kind} called {name[:80]!r}", param="name")
+    found = await run_in_threadpool(_describe_one, shelf, name)
+    if found is None:
+        raise NotFound(f"no {kind} called {name[:80]!r}", param="name")
+    return found
+
+
+def check_metadata(metadata: dict, max_bytes: int) -> None:
+    """Metadata is stored, listed and sent back on every listing: bounded in depth and size."""
+    depth = nesting_depth(metadata)
+    if depth > MAX_METADATA_DEPTH:
+        raise BadRequest(f"metadata nests {depth} levels deep; the limit is {MAX_METADATA_DEPTH}", param="metadata")
+    size = len(dumps(metadata))
+    if size > max_bytes:
+        raise PayloadTooLarge(f"metadata is {size} bytes as JSON; the limit is {max_bytes} (--max-metadata-bytes)", param="metadata")
 
 
 async def upload_artifact(request):
@@ -187,6 +221,7 @@ async def upload_artifact(request):
         raise BadRequest(exc.reason, param="name") from None
     if not isinstance(metadata, dict):
         raise BadRequest("metadata must be an object (the artifact's NAME.json)", param="metadata")
+    await run_in_threadpool(check_metadata, metadata, gw.limits.max_metadata_bytes)
     if not isinstance(data, str):
         raise BadRequest("safetensors must be the base64 text of the NAME.safetensors file", param="safetensors")
     try:
@@ -225,7 +260,8 @@ async def health(request):
     gw: Gateway = request.app.state.gateway
     if not gw.engine.alive:
         raise Unavailable("the model thread has stopped")
-    return JSONResponse({"status": "ok", "model": gw.lm.model_id, "queue_depth": gw.engine.queue_depth, "batch_size": gw.engine.batch_size})
+    return JSONResponse({"status": "ok", "model": gw.lm.model_id, "queue_depth": gw.engine.queue_depth,
+                         "batch_size": gw.engine.batch_size, "prefilling": gw.engine.prefilling})
 
 
 async def metrics(request):
@@ -263,7 +299,9 @@ def create_app(gateway: Gateway) -> Starlette:
                        allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Steer", "X-Probes"]),
             Middleware(Guard, gateway=gateway),
         ],
-        exception_handlers={APIError: starlette_handler, HTTPException: starlette_handler, Exception: starlette_handler},
+        # Other exceptions reach Guard, which answers 500 and logs one line (a handler for Exception here
+        # would make Starlette re-raise after answering, and the server log a second traceback).
+        exception_handlers={APIError: starlette_handler, HTTPException: starlette_handler},
         lifespan=lifespan,
     )
     app.state.gateway = gateway

@@ -10,6 +10,7 @@ from .limits import add_limit_arguments, limits_from
 
 ENV_API_KEY = "MLX_INTERP_API_KEY"
 ENV_ADMIN_KEY = "MLX_INTERP_ADMIN_KEY"
+EXIT_MODEL_THREAD_DIED = 70  # EX_SOFTWARE: the service manager restarts the server
 
 
 # The request the start-up line prints, and what the default model answered to it (temperature 0).
@@ -98,10 +99,52 @@ def serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
+    from .edge import MAX_HEAD_BYTES, edge_protocol, quiet_floods
+
     gateway = build_gateway(args)
+    if not api_key and is_loopback(args.host):  # no key on loopback: refuse other Host names (DNS rebinding)
+        gateway.allowed_hosts = loopback_host_names(args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{host}:{args.port}"
     print(f"serving {gateway.lm.model_id} at {url}  ({len(gateway.vectors.names())} vectors, {len(gateway.probes.names())} probes)")
     print(f"try: {example_curl(url, gateway)}", flush=True)
-    uvicorn.run(create_app(gateway), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    limits = gateway.limits
+    config = uvicorn.Config(
+        create_app(gateway), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+        loop="asyncio", http=edge_protocol(connection_cap(limits.max_connections), limits.header_timeout_s),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES, timeout_keep_alive=limits.keep_alive_s,
+        timeout_graceful_shutdown=limits.drain_s,  # SIGTERM: running requests get this long, then are cancelled
+    )
+    server = uvicorn.Server(config)
+    quiet_floods()
+
+    def model_thread_died() -> None:  # called from the model thread: stop serving, exit non-zero
+        server.should_exit = True
+
+    gateway.engine.on_death = model_thread_died
+    server.run()
+    if not gateway.engine.alive and gateway.engine.failure is not None:
+        print(f"exiting: the model thread stopped ({gateway.engine.failure})", file=sys.stderr, flush=True)
+        return EXIT_MODEL_THREAD_DIED
     return 0
+
+
+FD_RESERVE = 64  # file descriptors kept for the model, libraries and logs, beyond client connections
+
+
+def connection_cap(wanted: int) -> int:
+    """--max-connections, lowered to fit the process's file-descriptor limit (mlx-lm raises it to 2048 at import)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and wanted > soft - FD_RESERVE:
+        fitted = max(1, soft - FD_RESERVE)
+        print(f"--max-connections {wanted} does not fit the file-descriptor limit {soft}; using {fitted}", file=sys.stderr)
+        return fitted
+    return wanted
+
+
+def loopback_host_names(port: int) -> frozenset[str]:
+    """Host header values a browser sends for this server on loopback, with and without the port."""
+    names = ("127.0.0.1", "localhost", "[::1]")
+    return frozenset(names) | frozenset(f"{n}:{port}" for n in names)

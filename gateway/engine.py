@@ -9,19 +9,25 @@ Each iteration:
   1. launch the next decode step for every running row (lazy, async_eval'd),
   2. read the previous step's tokens into Python while that runs,
   3. drop rows that finished or whose client went away,
-  4. prefill waiting requests and join them to the batch.
+  4. hand free batch slots to waiting rows (admission.py: rows, not requests,
+     fairly), run one chunk of one waiting prompt, and join prefilled rows.
 So the Python work of step t overlaps the forward pass of step t+1, as in
 mlx_lm.generate_step. A row that finished in step t costs one wasted row in
 step t+1.
 
 The pieces around the loop have modules of their own: events.py (what goes
 back to the event loop), rows.py (per-row output: detokenizing, stops,
-logprob text), prompt_cache.py and probe_upkeep.py.
+logprob text), admission.py (slots and prompt groups), prompt_cache.py,
+probe_upkeep.py and numerics.py (non-finite activations fail their request).
+
+If the thread itself dies, every request it holds fails (503) and `on_death`
+is called (the server then exits non-zero so its service manager restarts it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -32,13 +38,15 @@ import numpy as np
 
 from mlx_interp.steering.generation import steering_session
 
-from .errors import QueueFull, Unavailable, as_api_error
+from .admission import Admission, PromptGroup
+from .echo_logprobs import prompt_entries, prompt_logprobs_k
+from .errors import QueueFull, Unavailable, as_api_error, one_line
 from .events import ChoiceEnd, Failed, Job, PromptRead
 from .guards import RowGuard, judge_before_step, rerun_prompt
 from .limits import Limits
-from .probe_upkeep import BankKeeper
-from .prompt_cache import PromptCache, prompt_key
-from .protocol import ChoiceSpec
+from .numerics import finite_rows, non_finite_error
+from .probe_upkeep import BankKeeper, column_key
+from .prompt_cache import PromptCache
 from .rows import RowState, TokenTexts
 from .sampling import RowSampler, Sampled, sample
 from .stops import StopMatcher
@@ -46,6 +54,12 @@ from .stops import StopMatcher
 log = logging.getLogger("mlx_interp.gateway")
 
 RETRY_AFTER_S = 1  # what a 429 tells the client to wait
+# Fault injection for the death test only: the model thread raises after this many decode steps.
+FAULT_ENV = "MLX_INTERP_FAULT_MODEL_THREAD_AFTER_STEPS"
+
+
+class ModelThreadFault(BaseException):
+    """Injected death of the model thread (a BaseException: the per-step handler must not catch it)."""
 
 
 @dataclass
@@ -56,6 +70,7 @@ class Part:
     sampled: Sampled
     scores: object = None  # mx (b, L, P) readings of the tokens fed in that pass
     bank: object = None
+    finite: object = None  # mx (b,) bool: the row's logits were all finite
     _host: object = None  # scores as numpy, read once
 
     def host_scores(self):
@@ -66,7 +81,8 @@ class Part:
     def take(self, keep: list[int]) -> "Part":
         idx = mx.array(keep)
         scores = None if self.scores is None else self.scores[idx]
-        return Part([self.rows[i] for i in keep], self.sampled.take(idx), scores, self.bank)
+        finite = None if self.finite is None else self.finite[idx]
+        return Part([self.rows[i] for i in keep], self.sampled.take(idx), scores, self.bank, finite)
 
 
 # -- the engine ------------------------------------------------------------------------------
@@ -79,10 +95,15 @@ class Engine:
         self.vocab_size = _vocab_size(lm)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: deque[Job] = deque()
+        self._admitting: list[Admission] = []  # requests with rows still outside the batch
+        self._prefilling: deque[tuple[Admission, PromptGroup]] = deque()  # round-robin, one chunk per iteration
         self._queued = 0  # submitted, not yet admitted (guarded by _lock)
         self._lock = threading.Lock()
+        self._dead = False  # set (under _lock) when the thread stops: submit refuses from then on
+        self.on_death = None  # called from the model thread after it failed everything it held
+        self._fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
         self._eos = frozenset(lm.tokenizer.eos_token_ids)
-        self._prompt_cache = PromptCache(limits.prompt_cache_entries)
+        self._prompt_cache = PromptCache(limits.prompt_cache_entries, limits.prompt_cache_bytes)
         self._probes = BankKeeper(lm.num_layers, lm.hidden_size)
         self._texts = TokenTexts(lm.tokenizer)
         self._ready = threading.Event()
@@ -90,6 +111,7 @@ class Engine:
         self._thread = threading.Thread(target=self._main, name="mlx-interp-model", daemon=True)
         self.batch_size = 0  # rows decoding now (read by /metrics)
         self.steps = 0
+        self.prefill_chunks = 0
 
     # -- called from the event loop ---------------------------------------------------------
     def start(self) -> None:
@@ -103,6 +125,11 @@ class Engine:
         self._thread.join(timeout=30)
 
     @property
+    def failure(self) -> BaseException | None:
+        """Why the model thread stopped, if it failed."""
+        return self._failure
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
@@ -110,17 +137,22 @@ class Engine:
     def queue_depth(self) -> int:
         return self._queued
 
+    @property
+    def prefilling(self) -> int:
+        """Prompts being read now (each holds a batch slot)."""
+        return len(self._prefilling)
+
     def submit(self, job: Job) -> None:
-        if not self.alive:
-            raise Unavailable("the model thread is not running")
         with self._lock:
+            if self._dead or not self.alive:
+                raise Unavailable("the model thread is not running")
             if self._queued >= self.limits.max_queue:
                 raise QueueFull(
                     f"the request queue is full ({self.limits.max_queue} waiting, --max-queue); retry shortly",
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
             self._queued += 1
-        self._inbox.put(job)
+            self._inbox.put(job)
 
     # -- the model thread ---------------------------------------------------------------------
     def _main(self) -> None:
@@ -131,15 +163,38 @@ class Engine:
                 self._loop()
         except BaseException as exc:  # noqa: BLE001 - reported to start() or logged
             self._failure = exc
-            log.exception("model thread stopped")
+            log.error("model thread stopped: %s", one_line(exc))
+            if self._ready.is_set():  # it was serving: nobody may wait for it
+                self._fail_everything(Unavailable("the model thread stopped; the server is restarting"))
+                if self.on_death is not None:
+                    self.on_death()
         finally:
             self._ready.set()
+
+    def _fail_everything(self, err) -> None:
+        """Every request the thread holds or will be handed fails now; later submits get 503."""
+        with self._lock:
+            self._dead = True
+            pending = list(self._waiting)
+            while True:
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    pending.append(item)
+        batch = getattr(self, "_batch", None)
+        jobs = [row.job for row in batch.uids] if batch is not None else []
+        jobs += [a.job for a in self._admitting] + pending
+        for job in dict.fromkeys(jobs):
+            job.post([Failed(err)])
 
     def _loop(self) -> None:
         batch = self._batch
         cur: list[Part] | None = None
         while True:
-            if not self._pull(block=cur is None and not self._waiting):
+            idle = cur is None and not self._waiting and not self._admitting and not self._prefilling
+            if not self._pull(block=idle):
                 return
             try:
                 if cur:
@@ -150,11 +205,11 @@ class Engine:
                 nxt = self._drop_finished(nxt)
                 cur = self._admit(nxt)
             except Exception as exc:  # noqa: BLE001 - a failed step fails the rows in it, not the thread
-                log.exception("decode step failed")
-                err = as_api_error(exc)
+                err = as_api_error(exc)  # one log line for the step, however many requests it fails
                 # Every job with a row in the batch fails, finished rows included: a step that
                 # raised posted none of its events, so a row that ended in it never told its client.
                 for job in dict.fromkeys(row.job for row in batch.uids):
+                    job.cancelled = True  # its prompts still waiting for a slot go too
                     job.post([Failed(err)])
                 for row in batch.uids:
                     row.done = True
@@ -184,10 +239,13 @@ class Engine:
         capture = any(r.wants_probes for r in rows)
         logits, hidden = self._batch.step(tokens, capture=capture)
         sampled = sample(logits, [r.sampler for r in rows])
+        finite = finite_rows(logits)
         scores = self._probes.bank.scores(hidden) if capture else None
-        mx.async_eval(sampled.arrays() + ([scores] if scores is not None else []))
+        mx.async_eval(sampled.arrays() + [finite] + ([scores] if scores is not None else []))
         self.steps += 1
-        return [Part(list(rows), sampled, scores, self._probes.bank if capture else None)]
+        if self._fault_after and self.steps >= self._fault_after:
+            raise ModelThreadFault(f"injected by {FAULT_ENV}")
+        return [Part(list(rows), sampled, scores, self._probes.bank if capture else None, finite)]
 
     def _consume(self, parts: list[Part]) -> None:
         outbox: dict[Job, list] = {}
@@ -198,12 +256,16 @@ class Engine:
             top_ids = s.top_ids.tolist() if s.top_ids is not None else None
             top_lps = s.top_logprobs.tolist() if s.top_logprobs is not None else None
             scores = part.host_scores()
+            finite = part.finite.tolist() if part.finite is not None else None
             for i, row in enumerate(part.rows):
                 if row.done:
                     continue
                 events = outbox.setdefault(row.job, [])
                 if row.job.cancelled:
                     row.done = True
+                    continue
+                if finite is not None and not finite[i]:
+                    self._poison(row.job, events)
                     continue
                 reading = None
                 if scores is not None and row.wants_probes:
@@ -216,6 +278,14 @@ class Engine:
                 row.advance(tokens[i], lp, top, reading, events)
         for job, events in outbox.items():
             job.post(events)
+
+    def _poison(self, job: Job, events: list) -> None:
+        """The job's activations went non-finite: it fails (400 naming its steering); its rows leave at the next drop."""
+        events[:] = [Failed(non_finite_error(job.spec))]
+        job.cancelled = True  # its other rows and waiting prompts go too
+        for row in self._batch.uids:
+            if row.job is job:
+                row.done = True
 
     def _drop_finished(self, nxt: list[Part] | None) -> list[Part] | None:
         rows = self._batch.uids
@@ -238,32 +308,177 @@ class Engine:
 
     # -- admission ---------------------------------------------------------------------------------
     def _admit(self, cur: list[Part] | None) -> list[Part] | None:
+        """Free slots to waiting rows (fairly), one prefill chunk, prefilled rows into the batch."""
         parts = list(cur or [])
         self._forget_cancelled()
-        while self._waiting:
-            job = self._waiting[0]
-            room = self.limits.max_batch - len(self._batch)
-            rows_needed = len(job.spec.choices) if job.spec.max_tokens > 0 else 0
-            if rows_needed > room and len(self._batch) > 0:
-                break  # wait for rows to finish; a request larger than the batch runs alone
-            if self._probes.replaced(self._running_specs(), job.spec):
-                break  # the bank holds one probe per name: wait for the rows reading the old one
-            self._waiting.popleft()
+        self._drop_cancelled_admissions()
+        free = self.limits.max_batch - len(self._batch) - len(self._prefilling)
+        held = {adm.job: adm.prefilling for adm in self._admitting}  # slots each request holds: prompts and rows
+        for row in self._batch.uids:
+            held[row.job] = held.get(row.job, 0) + 1
+        while free > 0:
+            adm = self._claimant(held)
+            if adm is None:
+                break
+            free -= 1
+            held[adm.job] = held.get(adm.job, 0) + 1
+            self._guarded(adm, parts, lambda: self._grant(adm, parts))
+        self._prefill_round(parts)
+        self._admitting = [a for a in self._admitting if not a.finished]
+        self._drop_cancelled_admissions()  # prefills and admissions leave together, never one without the other
+        self.batch_size = len(self._batch)
+        return parts or None
+
+    def _claimant(self, held: dict) -> Admission | None:
+        """Who gets the next free slot: the request holding fewest slots, the oldest on ties."""
+        best, best_rank = None, None
+        for adm in self._admitting:
+            if adm.next_claim() is not None:
+                rank = (held.get(adm.job, 0), adm.order)
+                if best_rank is None or rank < best_rank:
+                    best, best_rank = adm, rank
+        if best is not None and best_rank[0] == 0:
+            return best
+        while self._waiting:  # a newcomer holds nothing: it goes before anyone holding a slot
+            job = self._waiting.popleft()
             with self._lock:
                 self._queued -= 1
             if job.cancelled:
                 continue
-            try:
-                parts.extend(self._start(job))
-            except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
-                err = as_api_error(exc)
-                if err.status >= 500:
-                    log.exception("request failed in the model thread")
-                self._batch.remove([r for r in self._batch.uids if r.job is job])
-                parts = [p for p in parts if all(r.job is not job for r in p.rows)]
-                job.post([Failed(err)])
-        self.batch_size = len(self._batch)
-        return parts or None
+            adm = Admission.of(job)
+            self._admitting.append(adm)
+            return adm
+        return best
+
+    def _guarded(self, adm: Admission, parts: list, work) -> None:
+        """Run admission work for one request; if it raises, that request fails and the others go on."""
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+            self._fail_job(adm.job, as_api_error(exc), parts)  # a 500 is logged there, in one line
+
+    def _fail_job(self, job: Job, err, parts: list) -> None:
+        job.cancelled = True
+        self._batch.remove([r for r in self._batch.uids if r.job is job])
+        parts[:] = [p for p in parts if all(r.job is not job for r in p.rows)]
+        self._drop_cancelled_admissions()
+        job.post([Failed(err)])
+
+    def _grant(self, adm: Admission, parts: list) -> None:
+        """One slot for adm: a prefilled choice joins the batch, or the next prompt starts prefilling."""
+        group = adm.next_claim()
+        if group.ready:
+            self._join_into(adm, group, parts)
+            return
+        spec = adm.job.spec
+        capture_all = spec.echo and bool(spec.probes)
+        top_k = prompt_logprobs_k(spec)  # None unless echo + logprobs: then every prompt token is scored
+        fresh = capture_all or top_k is not None  # both need every prompt position computed
+        cache, cached = (None, 0) if fresh else self._prompt_cache.lookup(group.steer_key, group.tokens)
+        group.cached_tokens = cached
+        group.task = self._batch.start_prefill(
+            list(group.tokens), group.choices[0].interventions, cache=cache, cached_tokens=cached,
+            capture_all=capture_all, chunk=self.limits.prefill_chunk_tokens, prompt_logprobs=top_k,
+        )
+        if capture_all:  # keep per-token probe scores, not every token's every layer, while a long prompt is read
+            group.task.reduce = lambda states: self._prompt_scores(spec, states)
+        self._prefilling.append((adm, group))
+
+    def _prefill_round(self, parts: list) -> None:
+        """Prompts in flight each read their next chunk, round-robin, until one chunk's worth of tokens is read:
+        many short prompts join together, and a long one delays the next decode step by one chunk at most."""
+        budget = self.limits.prefill_chunk_tokens
+        for _ in range(len(self._prefilling)):
+            if budget <= 0 or not self._prefilling:
+                break
+            adm, group = self._prefilling[0]  # stays in the line while it runs: /health counts it
+            if adm.job.cancelled:
+                self._prefilling.popleft()
+                continue
+            size = min(group.task.tokens_left, budget)
+            budget -= size
+            self._guarded(adm, parts, lambda: self._prefill_chunk(adm, group, parts, size))
+
+    def _prefill_chunk(self, adm: Admission, group: PromptGroup, parts: list, size: int) -> None:
+        """One chunk of the prompt at the head of the line; a finished prompt leaves the line, posts its
+        readings, and its first choice joins the batch. An unfinished one goes to the back."""
+        pre = group.task.advance(size)
+        self.prefill_chunks += 1
+        if pre is None:
+            self._prefilling.rotate(-1)
+            return
+        self._prefilling.popleft()
+        group.task = None
+        spec = adm.job.spec
+        if not bool(mx.isfinite(pre.logits).all()):
+            raise non_finite_error(spec)
+        capture_all = spec.echo and bool(spec.probes)
+        if not capture_all:
+            self._prompt_cache.store(group.steer_key, group.tokens, pre.cache)
+        reading, token_readings = None, []
+        if spec.probes_read:
+            self._probes.ensure(self._running_specs(), extra=spec.probes_read)
+            bank = self._probes.bank
+            cols = [bank.index(column_key(r)) for r in spec.probes_read]
+            reading = np.array(bank.scores(pre.hidden_last[None]))[0][:, cols].T
+            if capture_all:
+                per_token = pre.hidden_all  # (T, L, P): reduced chunk by chunk (_prompt_scores)
+                token_readings = [per_token[t].T for t in range(per_token.shape[0])]
+        group.reading = reading
+        echoed = None if pre.prompt_logprobs is None else prompt_entries(pre.prompt_logprobs, group.tokens, self._texts)
+        events = [PromptRead(c.index, reading, token_readings, group.cached_tokens, echoed) for c in group.choices]
+        if spec.max_tokens == 0:
+            events += [ChoiceEnd(c.index, "length", 0) for c in group.choices]
+            group.choices.clear()
+            adm.job.post(events)
+            return
+        adm.job.post(events)
+        group.pre = pre
+        self._join_into(adm, group, parts)  # the slot this prompt held becomes its first row
+
+    def _prompt_scores(self, spec, states) -> np.ndarray:
+        """(t, L, D) prompt states -> (t, L, P) scores of the probes spec reads, in spec's order."""
+        self._probes.ensure(self._running_specs(), extra=spec.probes_read)
+        bank = self._probes.bank
+        cols = [bank.index(column_key(r)) for r in spec.probes_read]
+        return np.array(bank.scores(states))[:, :, cols]
+
+    def _join_into(self, adm: Admission, group: PromptGroup, parts: list) -> None:
+        """The group's next choice joins the batch (unless a guard's prompt rule ends it at once)."""
+        job, c = adm.job, group.choices.popleft()
+        spec = job.spec
+        if not group.choices:
+            pre, group.pre = group.pre, None  # its cache goes to the batch
+        else:
+            pre = group.pre
+        names = tuple(r.name for r in spec.probes_read)
+        if names:
+            self._probes.ensure(self._running_specs(), extra=spec.probes_read)
+        guard, row_pre, ivs = None, pre, c.interventions
+        if c.guard:
+            guard = RowGuard(c.guard, c.interventions, names)
+            if guard.judge_prompt(group.reading):  # a prompt_last rule: steer the whole generation
+                ivs = guard.interventions()
+                row_pre = rerun_prompt(self._batch, group.tokens, ivs, self._prompt_cache)
+            if guard.stopped:
+                job.post([ChoiceEnd(c.index, "content_filter", 0, guard=guard.take_fired())])
+                return
+        row = RowState(
+            job=job,
+            choice=c,
+            sampler=RowSampler(spec.sampling, self.vocab_size, c.index),
+            detok=self.lm.tokenizer.detokenizer,
+            stops=StopMatcher(spec.stop),
+            probe_names=tuple(column_key(r) for r in spec.probes_read),  # bank columns, in `names` order
+            eos=self._eos,
+            texts=self._texts,
+            reported=len(spec.probes),
+            guard=guard,
+        )
+        first = sample(row_pre.logits[None], [row.sampler])
+        mx.async_eval(first.arrays())
+        self._batch.add(row, row_pre, ivs)
+        parts.append(Part([row], first))
 
     def _running_specs(self) -> list:
         return list({id(row.job): row.job.spec for row in self._batch.uids}.values())
@@ -277,62 +492,12 @@ class Engine:
             self._queued -= len(self._waiting) - len(kept)
         self._waiting = kept
 
-    def _start(self, job: Job) -> list[Part]:
-        spec = job.spec
-        names = tuple(r.name for r in spec.probes_read)
-        if names:
-            self._probes.ensure(self._running_specs(), extra=spec.probes_read)
-        groups: dict[tuple, list[ChoiceSpec]] = {}
-        for c in spec.choices:
-            groups.setdefault((c.prompt, prompt_key(c.interventions)), []).append(c)
-        parts, events = [], []
-        echo_scores = spec.echo and bool(spec.probes)
-        for (tokens, steer_key), choices in groups.items():
-            ivs = choices[0].interventions
-            cache, cached = (None, 0) if echo_scores else self._prompt_cache.lookup(steer_key, tokens)
-            pre = self._batch.prefill(list(tokens), ivs, cache=cache, cached_tokens=cached, capture_all=echo_scores)
-            if not echo_scores:
-                self._prompt_cache.store(steer_key, tokens, pre.cache)
-            reading, token_readings = None, []
-            if names:
-                bank = self._probes.bank
-                cols = [bank.index(n) for n in names]
-                reading = np.array(bank.scores(pre.hidden_last[None]))[0][:, cols].T
-                if echo_scores:
-                    per_token = np.array(bank.scores(pre.hidden_all))[:, :, cols]  # (T, L, P)
-                    token_readings = [per_token[t].T for t in range(per_token.shape[0])]
-            for c in choices:
-                events.append(PromptRead(c.index, reading, token_readings, cached))
-                if spec.max_tokens == 0:
-                    events.append(ChoiceEnd(c.index, "length", 0))
-                    continue
-                guard, row_pre, ivs = None, pre, c.interventions
-                if c.guard:
-                    guard = RowGuard(c.guard, c.interventions, names)
-                    if guard.judge_prompt(reading):  # a prompt_last rule: steer the whole generation
-                        ivs = guard.interventions()
-                        row_pre = rerun_prompt(self._batch, tokens, ivs, self._prompt_cache)
-                    if guard.stopped:
-                        events.append(ChoiceEnd(c.index, "content_filter", 0, guard=guard.take_fired()))
-                        continue
-                row = RowState(
-                    job=job,
-                    choice=c,
-                    sampler=RowSampler(spec.sampling, self.vocab_size, c.index),
-                    detok=self.lm.tokenizer.detokenizer,
-                    stops=StopMatcher(spec.stop),
-                    probe_names=names,
-                    eos=self._eos,
-                    texts=self._texts,
-                    reported=len(spec.probes),
-                    guard=guard,
-                )
-                first = sample(row_pre.logits[None], [row.sampler])
-                mx.async_eval(first.arrays())
-                self._batch.add(row, row_pre, ivs)
-                parts.append(Part([row], first))
-        job.post(events)
-        return parts
+    def _drop_cancelled_admissions(self) -> None:
+        """A request whose client left stops between chunks and between rows: its prompts give their slots back."""
+        if any(adm.job.cancelled for adm, _ in self._prefilling):
+            self._prefilling = deque((a, g) for a, g in self._prefilling if not a.job.cancelled)
+        if any(adm.job.cancelled for adm in self._admitting):
+            self._admitting = [a for a in self._admitting if not a.job.cancelled]
 
 
 def _vocab_size(lm) -> int:

@@ -11,6 +11,8 @@ import logging
 
 log = logging.getLogger("mlx_interp.gateway")
 
+MAX_MESSAGE_CHARS = 1000  # longest error message sent; longer ones (echoing a client's value) are cut
+
 
 class APIError(Exception):
     status = 400
@@ -18,6 +20,8 @@ class APIError(Exception):
     code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None, headers: dict | None = None):
+        if len(message) > MAX_MESSAGE_CHARS:  # messages echo client values: never send a megabyte back
+            message = message[: MAX_MESSAGE_CHARS - 20] + f"... ({len(message)} chars)"
         super().__init__(message)
         self.message = message
         self.param = param
@@ -67,6 +71,23 @@ class PayloadTooLarge(APIError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(APIError):
+    status = 431
+    code = "headers_too_large"
+
+
+class UnsupportedMediaType(APIError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ClientGone(APIError):
+    """The client hung up before its request was read; nobody sees the answer (499 in /metrics)."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class Unprocessable(APIError):
     status = 422
     code = "unprocessable_entity"
@@ -106,5 +127,18 @@ def as_api_error(exc: BaseException) -> APIError:
             err.status = exc.status_code
             return err
         return cls(str(exc.detail))
-    log.error("internal error", exc_info=(type(exc), exc, exc.__traceback__))
+    log.error("internal error: %s", one_line(exc))
+    log.debug("traceback of the internal error above", exc_info=(type(exc), exc, exc.__traceback__))
     return ServerError("the server hit an internal error while handling this request")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one log line: type, message (cut) and where it was raised."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    text = str(exc).replace("\n", " ")
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(exc).__name__}: {text}{where}"

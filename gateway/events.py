@@ -20,6 +20,7 @@ class PromptRead:
     reading: np.ndarray | None  # (P, L) at the last prompt token
     token_readings: list  # (P, L) per prompt token, when echo asked for them
     cached_tokens: int = 0
+    prompt_logprobs: list | None = None  # (token_text, logprob | None, top | None) per prompt token, when echo asked
 
 
 @dataclass

@@ -39,8 +39,19 @@ class Limits:
     max_logit_bias: int = _limit(300, "most entries in logit_bias")
     max_queue: int = _limit(64, "requests waiting for a batch slot before new ones get 429")
     max_batch: int = _limit(16, "rows (choices) decoded together in one forward pass")
+    max_request_tokens: int = _limit(
+        262144, "token budget of one request: prompts x n x (prompt tokens + max_tokens), summed over its rows"
+    )
+    prefill_chunk_tokens: int = _limit(512, "prompt tokens read per forward pass; decode steps run between chunks")
     prompt_cache_entries: int = _limit(8, "prompt KV caches kept for prefix reuse (least recently used dropped)")
+    prompt_cache_bytes: int = _limit(256 * 1024 * 1024, "bytes of prompt KV caches kept for prefix reuse")
     max_header_chars: int = _limit(4096, "longest X-Steer / X-Probes header")
+    max_layers_spec: int = _limit(1024, "longest steer layers spec (characters of a string, items of a list)")
+    max_metadata_bytes: int = _limit(1024 * 1024, "largest metadata object of a vector or probe upload, as JSON")
+    max_connections: int = _limit(1024, "open HTTP connections; more are closed at accept (mlx-lm raises the fd limit to 2048)")
+    header_timeout_s: float = _limit(10.0, "seconds a connection may take to send a complete request head")
+    keep_alive_s: float = _limit(5.0, "seconds an idle keep-alive connection stays open")
+    drain_s: float = _limit(60.0, "seconds SIGTERM waits for running requests to finish before cancelling them")
     max_guard_rules: int = _limit(8, "most guard rules per request (body and preset together)")
     max_guard_tokens: int = _limit(64, "largest for_tokens of a guard rule (consecutive tokens above the threshold)")
 

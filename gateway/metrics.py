@@ -21,6 +21,14 @@ def route_label(path: str) -> str:
     return path if path in known else "other"
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """A fixed label set: made-up methods (one label each) used to grow /metrics without bound."""
+    return method if method in METHODS else "other"
+
+
 @dataclass
 class Metrics:
     requests: Counter = field(default_factory=Counter)  # (route, method, status)
@@ -30,7 +38,7 @@ class Metrics:
     probes: Counter = field(default_factory=Counter)  # probe name
 
     def observe_request(self, path: str, method: str, status: int) -> None:
-        self.requests[(route_label(path), method, status)] += 1
+        self.requests[(route_label(path), method_label(method), status)] += 1
 
     def observe_generation(self, spec, completion_tokens: int) -> None:
         self.prompt_tokens += spec.prompt_tokens
@@ -57,6 +65,8 @@ class Metrics:
         metric("queue_depth", "gauge", "requests waiting for a batch slot", [({}, engine.queue_depth)])
         metric("batch_size", "gauge", "rows in the running decode batch", [({}, engine.batch_size)])
         metric("decode_steps_total", "counter", "batched decode steps run", [({}, engine.steps)])
+        metric("prefill_chunks_total", "counter", "prompt chunks read (decode steps run between them)",
+               [({}, getattr(engine, "prefill_chunks", 0))])
         metric("steering_requests_total", "counter", "requests steered, by vector",
                [({"vector": v}, c) for v, c in sorted(self.steering.items())])
         metric("probe_requests_total", "counter", "requests probed, by probe",

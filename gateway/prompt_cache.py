@@ -19,11 +19,17 @@ def prompt_key(interventions) -> tuple:
 
 
 class PromptCache:
-    """LRU of prompt KV caches keyed by (prompt steering, tokens); reused for the longest shared prefix."""
+    """LRU of prompt KV caches keyed by (prompt steering, tokens); reused for the longest shared prefix.
 
-    def __init__(self, entries: int):
+    Bounded by entries and by bytes (the buffers the caches hold, spare capacity included).
+    """
+
+    def __init__(self, entries: int, max_bytes: int | None = None):
         self.entries = entries
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._store: OrderedDict[tuple, list] = OrderedDict()
+        self._sizes: dict[tuple, int] = {}
 
     def lookup(self, steer_key: tuple, tokens) -> tuple[list | None, int]:
         best, best_len = None, 0
@@ -44,11 +50,27 @@ class PromptCache:
 
         if self.entries <= 0 or not all(type(c) is KVCache for c in cache):
             return  # sliding-window and recurrent caches cannot be trimmed back to a prefix
+        size = cache_bytes(cache)
+        if self.max_bytes is not None and size > self.max_bytes:
+            return
         key = (steer_key, tuple(tokens))
+        self.nbytes += size - self._sizes.get(key, 0)
+        self._sizes[key] = size
         self._store[key] = cache
         self._store.move_to_end(key)
-        while len(self._store) > self.entries:
-            self._store.popitem(last=False)
+        while len(self._store) > self.entries or (self.max_bytes is not None and self.nbytes > self.max_bytes):
+            old, _ = self._store.popitem(last=False)
+            self.nbytes -= self._sizes.pop(old)
+
+
+def cache_bytes(cache: list) -> int:
+    """Bytes held by a prompt's per-layer KV caches."""
+    total = 0
+    for c in cache:
+        for a in (getattr(c, "keys", None), getattr(c, "values", None)):
+            if a is not None:
+                total += a.nbytes
+    return total
 
 
 def _common_prefix(a, b) -> int:

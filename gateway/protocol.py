@@ -24,6 +24,11 @@ CHAT = "chat"
 TEXT = "text"
 
 
+# Below this, temperature and top_p both mean "the most likely token": 1/temperature would overflow
+# float32 (1e-40 -> inf, NaN logits) and top_p would round to 0 in float32 (1e-300 -> index out of range).
+GREEDY_BELOW = 1e-6
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """One choice's sampling settings (gateway/sampling.py turns them into a RowSampler)."""
@@ -41,7 +46,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW or self.top_p < GREEDY_BELOW
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,8 @@ def text_logprobs(entries: list[tuple[str, float, list[tuple[str, float]]]], off
         "token_logprobs": [lp for _, lp, _ in entries],
         "text_offset": offsets,
     }
-    out["top_logprobs"] = [{t: lp for t, lp in top} for _, _, top in entries] if want_top else []
+    # an echoed prompt's first token has no log-probability and no alternatives: null, as OpenAI sends
+    out["top_logprobs"] = [None if top is None else {t: lp for t, lp in top} for _, _, top in entries] if want_top else []
     return out
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from starlette.responses import StreamingResponse
 
+from .echo_logprobs import echoed_logprobs
 from .events import ChoiceEnd, Failed, Job, PromptRead, TokenOut
 from .jsonio import dumps
 from .probe_spec import ProbeReadings
@@ -36,6 +37,7 @@ class ChoiceState:
     readings: ProbeReadings
     text: list = field(default_factory=list)
     logprobs: list = field(default_factory=list)  # (token_text, logprob, top)
+    prompt_logprobs: list = field(default_factory=list)  # the echoed prompt's entries, when asked
     finish_reason: str | None = None
     completion_tokens: int = 0
     guard_fired: list = field(default_factory=list)  # api.md section 4b
@@ -72,6 +74,7 @@ class Run:
         if isinstance(ev, PromptRead):
             st.readings.prompt = ev.reading
             st.readings.tokens.extend(ev.token_readings)
+            st.prompt_logprobs = ev.prompt_logprobs or []
         if getattr(ev, "guard", None):
             st.guard_fired.extend(ev.guard)
         if isinstance(ev, TokenOut):
@@ -112,7 +115,9 @@ class Run:
                 prefix = spec.prompt_texts[i] if spec.echo else ""
                 item["text"] = prefix + text
                 item["logprobs"] = (
-                    text_logprobs(st.logprobs, len(prefix), spec.sampling.top_logprobs > 0) if spec.sampling.logprobs else None
+                    echoed_logprobs(st.prompt_logprobs, st.logprobs, len(prefix), spec.sampling.top_logprobs > 0)
+                    if spec.sampling.logprobs
+                    else None
                 )
             if spec.probes:
                 item["probes"] = st.readings.result()
@@ -122,6 +127,9 @@ class Run:
         return completion_response(spec, self.id, self.created, choices, self.completion_tokens)
 
     # -- streams ------------------------------------------------------------------------
+    def _position(self, index: int) -> int:
+        return next(i for i, c in enumerate(self.spec.choices) if c.index == index)
+
     def _chunk(self, choices: list[dict], **extra) -> bytes:
         return b"data: " + dumps(chunk(self.spec, self.id, self.created, choices, **extra)) + b"\n\n"
 
@@ -139,11 +147,16 @@ class Run:
         spec = self.spec
         if spec.kind == CHAT:
             yield self._chunk([self._choice(c.index, "", role=True) for c in spec.choices], steering=steering_field(spec))
-        elif spec.echo:
+        elif spec.echo and not spec.sampling.logprobs:
             yield self._chunk([self._choice(c.index, spec.prompt_texts[i]) for i, c in enumerate(spec.choices)])
         try:
             async for ev in self.events():
-                if isinstance(ev, TokenOut):
+                if isinstance(ev, PromptRead) and spec.kind != CHAT and spec.echo and spec.sampling.logprobs:
+                    # the echoed prompt waits for its prefill, which scores it
+                    item = self._choice(ev.index, spec.prompt_texts[self._position(ev.index)])
+                    item["logprobs"] = echoed_logprobs(ev.prompt_logprobs or [], [], 0, spec.sampling.top_logprobs > 0)
+                    yield self._chunk([item])
+                elif isinstance(ev, TokenOut):
                     item = self._choice(ev.index, ev.text)
                     if ev.logprob is not None:
                         entry = (ev.token_text, ev.logprob, ev.top)
@@ -170,6 +183,7 @@ class Run:
             from .errors import as_api_error
 
             yield b"data: " + dumps(as_api_error(exc).body()) + b"\n\n"
+            yield b"data: [DONE]\n\n"  # the stream still ends the way clients wait for
             return
         if spec.include_usage:
             yield self._chunk([], usage=usage(spec.prompt_tokens, self.completion_tokens))

@@ -17,9 +17,11 @@ add beyond it is applied and the echo carries a warning.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from mlx_interp.steering.interventions import Intervention, Op, Scope
+from mlx_interp.steering.vectors import parse_layers
 
 from .errors import BadRequest
 from .limits import Limits
@@ -55,9 +57,9 @@ def _number(value, where: str, limits: Limits, param: str, what: str = "alpha", 
     name = "max_clamp_value" if what == "value" else ALPHA_LIMIT_FIELD[op]
     bound = getattr(limits, name)
     if abs(value) > bound:
-        label = f"{what} of {op}" if what == "alpha" else what
+        for_op = f" for {op}" if what == "alpha" else ""
         raise BadRequest(
-            f"{where}: |{label}| must be at most {bound:g} (--{name.replace('_', '-')}), got {value!r}", param=param
+            f"{where}: |{what}| must be at most {bound:g}{for_op} (--{name.replace('_', '-')}), got {value!r}", param=param
         )
     return float(value)
 
@@ -109,11 +111,27 @@ def parse_body(steer, n: int, limits: Limits) -> list[SteerEntry]:
             layers = item.get("layers")
             if layers is not None and not isinstance(layers, (str, list, int)) or isinstance(layers, bool):
                 raise BadRequest(f"{where}.layers must be a list of ints, a range like '8-16' or 'all'", param="steer")
+            if isinstance(layers, (str, list)) and len(layers) > limits.max_layers_spec:
+                raise BadRequest(
+                    f"{where}.layers is {len(layers)} {'characters' if isinstance(layers, str) else 'items'} long; "
+                    f"the limit is {limits.max_layers_spec} (--max-layers-spec)",
+                    param="steer",
+                )
             entries.append(
                 SteerEntry(name, _alpha(item.get("alpha"), where, n, limits, "steer", op), op, layers, scope, value)
             )
         return entries
     raise BadRequest(f"steer must be an object {{name: alpha}} or a list of entries, not {type(steer).__name__}", param="steer")
+
+
+# A plain decimal number: float() would also take "1_000", " 1 ", "nan" and "infinity".
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def strict_float(text: str) -> float:
+    if not _DECIMAL.fullmatch(text):
+        raise ValueError(text)
+    return float(text)
 
 
 def parse_header(header: str | None, limits: Limits) -> list[SteerEntry]:
@@ -131,7 +149,7 @@ def parse_header(header: str | None, limits: Limits) -> list[SteerEntry]:
         alpha = None
         if sep:
             try:
-                alpha = float(value.strip())
+                alpha = strict_float(value.strip())
             except ValueError:
                 raise BadRequest(f"X-Steer: alpha for {name!r} must be a number, got {value.strip()!r}", param="X-Steer") from None
             alpha = _number(alpha, f"X-Steer {name}", limits, "X-Steer")
@@ -172,9 +190,13 @@ def build_plan(entries: list[SteerEntry], n: int, vectors, limits: Limits) -> St
             raise BadRequest(f"unknown steering vector {e.vector[:80]!r}{where} (loaded: {known})", param="steer", code="unknown_vector") from None
         alphas = e.alpha if isinstance(e.alpha, tuple) else (e.alpha,) * n
         made = []
+        try:  # once per entry, not once per choice
+            layers = None if e.layers is None else parse_layers(e.layers, vector.num_layers)
+        except ValueError as exc:
+            raise BadRequest(f"steer {e.vector!r}: {exc}", param=param) from None
         for i, alpha in enumerate(alphas):
             try:
-                iv = vector.intervention(alpha=alpha, op=e.op, layers=e.layers, scope=e.scope, value=e.value)
+                iv = vector.intervention(alpha=alpha, op=e.op, layers=layers, scope=e.scope, value=e.value)
             except ValueError as exc:
                 raise BadRequest(f"steer {e.vector!r}: {exc}", param=param) from None
             per_choice[i].append(iv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "suffix", "audio", "prediction")
 SEED_RANGE = (-(2**63), 2**64 - 1)
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
 
 
 @dataclass
@@ -187,16 +189,23 @@ def _logit_bias(body: dict, ctx: Context) -> tuple[tuple[int, float], ...]:
         raise BadRequest(f"logit_bias has {len(bias)} entries; the limit is {ctx.limits.max_logit_bias} (--max-logit-bias)", param="logit_bias")
     out = []
     for key, value in bias.items():
-        try:
-            tid = int(key)
-        except ValueError:
-            raise BadRequest(f"logit_bias key {key[:40]!r} is not a token id", param="logit_bias") from None
+        if not _TOKEN_ID.fullmatch(key):  # int() would also take " 5 ", "1_0" and "+5"
+            raise BadRequest(f"logit_bias key {key[:40]!r} is not a token id (decimal digits only)", param="logit_bias")
+        tid = int(key)
         if not 0 <= tid < ctx.vocab_size:
             raise BadRequest(f"logit_bias token {tid} is outside the vocabulary [0, {ctx.vocab_size})", param="logit_bias")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
             raise BadRequest(f"logit_bias[{key}] must be a number in [-100, 100], got {value!r}", param="logit_bias")
         out.append((tid, float(value)))
     return tuple(out)
+
+
+def _single_header(headers, name: str) -> str | None:
+    """A steering header given twice is refused, not half-read."""
+    values = headers.getlist(name) if hasattr(headers, "getlist") else [v for v in [headers.get(name)] if v is not None]
+    if len(values) > 1:
+        raise BadRequest(f"{name} header was sent {len(values)} times; send it once, entries separated by commas", param=name)
+    return values[0] if values else None
 
 
 def _logprobs(body: dict, kind: str, limits: Limits) -> tuple[bool, int]:
@@ -211,6 +220,19 @@ def _logprobs(body: dict, kind: str, limits: Limits) -> tuple[bool, int]:
         return False, 0
     top = _get_number(body, "logprobs", 0, 0, limits.max_top_logprobs, integer=True)
     return True, top
+
+
+def _check_budget(prompts: list[list[int]], n: int, max_tokens: int, limits: Limits) -> None:
+    """The most tokens one request can make the server process: each row reads its prompt and writes max_tokens."""
+    budget = n * sum(len(p) + max_tokens for p in prompts)
+    if budget > limits.max_request_tokens:
+        raise BadRequest(
+            f"this request could take {budget} tokens of work ({len(prompts)} prompt(s) x n {n} x "
+            f"(prompt tokens + max_tokens {max_tokens})); the limit is {limits.max_request_tokens} "
+            "(--max-request-tokens): lower max_tokens, n or the number of prompts",
+            param="max_tokens",
+            code="request_too_large",
+        )
 
 
 def parse_request(body: dict, headers, kind: str, ctx: Context) -> GenerationSpec:
@@ -276,15 +298,16 @@ def parse_request(body: dict, headers, kind: str, ctx: Context) -> GenerationSpe
         if len(p) > limits.max_prompt_tokens:
             where = "messages" if kind == CHAT else "prompt"
             raise BadRequest(f"{where} is {len(p)} tokens; the limit is {limits.max_prompt_tokens} (--max-prompt-tokens)", param=where)
+    _check_budget(prompts, n, max_tokens, limits)
 
     entries = []
     if preset is not None:
         entries += steer_spec.parse_body(preset.steer, n, limits)
     entries += steer_spec.parse_body(body.get("steer"), n, limits)
-    entries += steer_spec.parse_header(headers.get("x-steer"), limits)
+    entries += steer_spec.parse_header(_single_header(headers, "X-Steer"), limits)
     plan = steer_spec.build_plan(entries, n, ctx.vectors, limits)
 
-    probe_requests = probe_spec.parse(body.get("probes"), headers.get("x-probes"), ctx.probes, limits)
+    probe_requests = probe_spec.parse(body.get("probes"), _single_header(headers, "X-Probes"), ctx.probes, limits)
     if preset is not None and preset.probes is not None:
         extra = probe_spec.parse(preset.probes, None, ctx.probes, limits)
         have = {r.name for r in probe_requests}

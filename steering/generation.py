@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 from .capture import Recorder, ResidualHook
 from .hooks import layer_hooks
 from .interventions import Intervention, Phase, RowSteering
+from .prompt_logprobs import PromptLogprobs, PromptScorer
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -27,13 +28,76 @@ class Prefill:
     logits: mx.array  # (V,) at the last prompt token
     cache: list  # the row's own mlx-lm cache
     hidden_last: mx.array | None  # (L, D) last prompt token, steered, if captured
-    hidden_all: mx.array | None = None  # (T, L, D) every processed prompt token, if asked
+    hidden_all: object | None = None  # (T, L, D) every processed prompt token, if asked (or what `reduce` made of it)
+    prompt_logprobs: PromptLogprobs | None = None  # each prompt token's log-probability, if asked
 
 
 @dataclass
 class Row:
     uid: object
     interventions: tuple[Intervention, ...]
+
+
+@dataclass
+class PrefillTask:
+    """A prompt being prefilled chunk by chunk; the batch's own steering is restored after every chunk."""
+
+    batch: "DecodeBatch"
+    remaining: list[int]
+    steering: RowSteering
+    cache: list
+    capture_all: bool
+    chunk: int = PREFILL_CHUNK
+    # With capture_all: maps each chunk's (t, L, D) states to what is kept of them, so a long prompt
+    # need not hold every token's every layer (e.g. to probe scores). None keeps the states.
+    reduce: object = None
+    logits: object = None
+    chunks_all: list = field(default_factory=list)
+    scorer: PromptScorer | None = None  # scores the prompt's own tokens from every chunk's logits, if asked
+
+    @property
+    def tokens_left(self) -> int:
+        return len(self.remaining)
+
+    def advance(self, limit: int | None = None) -> Prefill | None:
+        """Run the next chunk (at most `limit` tokens); returns the Prefill once the whole prompt has been read."""
+        import mlx.core as mx
+
+        hook = self.batch.hook
+        size = self.chunk if limit is None else max(1, min(self.chunk, limit))
+        piece, self.remaining = self.remaining[:size], self.remaining[size:]
+        hook.steering = self.steering
+        recorder = hook.recorder
+        recorder.last_only = not self.capture_all
+        try:  # a failed prompt must not leave its steering on the batch's next step
+            recorder.clear()
+            out = self.batch.lm.model(mx.array([piece]), cache=self.cache)
+            self.logits = out[0, -1]
+            if self.scorer is not None:
+                self.scorer.feed(out[0])
+            if self.capture_all and recorder.outputs:
+                states = self.batch._stack_all()
+                self.chunks_all.append(states if self.reduce is None else self.reduce(states))
+            mx.eval(self.logits, [c.state for c in self.cache], list(recorder.outputs.values()))
+            if self.remaining:
+                return None
+            hidden_last = recorder.last_token_stack()[0] if recorder.outputs else None
+        finally:
+            recorder.last_only = True
+            hook.steering = self.batch._steering
+        hidden_all = None
+        if self.chunks_all:
+            first = self.chunks_all[0]
+            hidden_all = mx.concatenate(self.chunks_all, axis=0) if isinstance(first, mx.array) else _concat(self.chunks_all)
+        scored = self.scorer.result() if self.scorer is not None else None
+        return Prefill(logits=self.logits, cache=self.cache, hidden_last=hidden_last, hidden_all=hidden_all,
+                       prompt_logprobs=scored)
+
+
+def _concat(parts):
+    import numpy as np
+
+    return np.concatenate(parts, axis=0)
 
 
 @contextmanager
@@ -54,6 +118,41 @@ class DecodeBatch:
     _steering: RowSteering | None = None
 
     # -- prompts -------------------------------------------------------------
+    def start_prefill(
+        self,
+        tokens: Sequence[int],
+        interventions: Sequence[Intervention] = (),
+        cache: list | None = None,
+        cached_tokens: int = 0,
+        capture_all: bool = False,
+        chunk: int = PREFILL_CHUNK,
+        prompt_logprobs: int | None = None,
+    ) -> "PrefillTask":
+        """A prompt to run alone, one chunk per `advance()`, so decode steps can run in between.
+
+        `prompt_logprobs=k` also scores every prompt token (with its top k alternatives); that
+        needs the logits of every position, so the whole prompt must run (no cached prefix).
+        """
+        from mlx_lm.models.cache import make_prompt_cache
+
+        if not tokens:
+            raise ValueError("empty prompt")
+        if chunk < 1:
+            raise ValueError(f"prefill chunk must be positive, got {chunk}")
+        if cache is None:
+            cache, cached_tokens = make_prompt_cache(self.lm.model), 0
+        if cached_tokens >= len(tokens):  # whole prompt cached: recompute the last token for its logits
+            for c in cache:
+                c.trim(cached_tokens - len(tokens) + 1)
+            cached_tokens = len(tokens) - 1
+        scorer = None
+        if prompt_logprobs is not None:
+            if cached_tokens:
+                raise ValueError("prompt log-probabilities need the whole prompt run: no cached prefix")
+            scorer = PromptScorer(tokens, prompt_logprobs)
+        steering = RowSteering.build([tuple(interventions)], Phase.PROMPT)
+        return PrefillTask(self, list(tokens[cached_tokens:]), steering, cache, capture_all, chunk, scorer=scorer)
+
     def prefill(
         self,
         tokens: Sequence[int],
@@ -61,40 +160,14 @@ class DecodeBatch:
         cache: list | None = None,
         cached_tokens: int = 0,
         capture_all: bool = False,
+        prompt_logprobs: int | None = None,
     ) -> Prefill:
-        """Run a prompt alone. `cache` may hold the first `cached_tokens` already (a reused prefix)."""
-        import mlx.core as mx
-        from mlx_lm.models.cache import make_prompt_cache
-
-        if not tokens:
-            raise ValueError("empty prompt")
-        if cache is None:
-            cache, cached_tokens = make_prompt_cache(self.lm.model), 0
-        if cached_tokens >= len(tokens):  # whole prompt cached: recompute the last token for its logits
-            for c in cache:
-                c.trim(cached_tokens - len(tokens) + 1)
-            cached_tokens = len(tokens) - 1
-        self.hook.steering = RowSteering.build([tuple(interventions)], Phase.PROMPT)
-        recorder = self.hook.recorder
-        recorder.last_only = not capture_all
-        chunks_all = []
-        remaining = list(tokens[cached_tokens:])
-        logits = None
-        try:  # a failed prompt must not leave its steering on the batch's next step
-            while remaining:
-                chunk, remaining = remaining[:PREFILL_CHUNK], remaining[PREFILL_CHUNK:]
-                recorder.clear()
-                out = self.lm.model(mx.array([chunk]), cache=cache)
-                logits = out[0, -1]
-                if capture_all and recorder.outputs:
-                    chunks_all.append(self._stack_all())
-                mx.eval(logits, [c.state for c in cache], list(recorder.outputs.values()))
-            hidden_last = recorder.last_token_stack()[0] if recorder.outputs else None
-        finally:
-            recorder.last_only = True
-            self.hook.steering = self._steering
-        hidden_all = mx.concatenate(chunks_all, axis=0) if chunks_all else None
-        return Prefill(logits=logits, cache=cache, hidden_last=hidden_last, hidden_all=hidden_all)
+        """Run a prompt alone, to the end. `cache` may hold the first `cached_tokens` already (a reused prefix)."""
+        task = self.start_prefill(tokens, interventions, cache, cached_tokens, capture_all, prompt_logprobs=prompt_logprobs)
+        while True:
+            done = task.advance()
+            if done is not None:
+                return done
 
     def _stack_all(self):
         import mlx.core as mx

@@ -197,3 +197,16 @@ def test_secret_looking_variables_are_stored_privately(tmp_path):
     assert "hf_abc" not in files["service.env"].shown
     (plist,) = launchd.LaunchdPlatform().files(private, tmp_path)
     assert plist.mode == 0o600 and plistlib.loads(plist.content)["EnvironmentVariables"]["HF_TOKEN"] == "hf_abc"
+
+
+def test_stop_timeout_outlasts_the_servers_drain(tmp_path):
+    """SIGTERM drains for --drain-s; the service manager must not SIGKILL before that (plus a margin) is over."""
+    from mlx_interp.gateway.limits import Limits
+
+    default = parse_unit(systemd.render_unit(spec(), tmp_path))["Service"]
+    (stop,) = values(default, "TimeoutStopSec")
+    assert int(stop) > Limits().drain_s
+    longer = spec(extra_environment=(("MLX_INTERP_DRAIN_S", "300"),))
+    (stop,) = values(parse_unit(systemd.render_unit(longer, tmp_path))["Service"], "TimeoutStopSec")
+    assert int(stop) > 300
+    assert launchd.plist_dict(longer, tmp_path)["ExitTimeOut"] > 300

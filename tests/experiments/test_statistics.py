@@ -6,7 +6,6 @@ from math import comb
 
 import numpy as np
 import pytest
-
 from mlx_interp.experiments import colour_swap, confound, contamination, sycophancy
 from mlx_interp.experiments.decoding import _common_prefix_length, kl_divergence
 
@@ -42,52 +41,93 @@ def test_swap_p_value_is_binomial_against_smoothed_random_rate():
     assert colour_swap.swap_p_value(6, 60, 6, 60) > 0.3
 
 
-def test_random_directions_match_norm_per_layer():
+def test_random_directions_share_one_direction_and_match_the_accumulated_push():
+    rng = np.random.default_rng(0)
     ref = np.zeros((6, 16), np.float32)
-    ref[2] = 3.0
-    ref[3] = np.arange(16)
-    dirs = colour_swap.random_directions(ref, (2, 3), 4, seed=1)
+    base = rng.standard_normal(16)
+    ref[2], ref[3], ref[4] = base, 2 * base + 0.3 * rng.standard_normal(16), 3 * base  # nearly parallel, growing
+    layers = (2, 3, 4)
+    dirs = colour_swap.matched_random_directions(ref, layers, 4, seed=1)
+    want = np.linalg.norm(ref[list(layers)].sum(axis=0))
     for d in dirs:
-        assert np.allclose(np.linalg.norm(d, axis=1)[[2, 3]], np.linalg.norm(ref, axis=1)[[2, 3]], rtol=1e-5)
-        assert not d[[0, 1, 4, 5]].any()
-    assert abs(np.dot(dirs[0][3], dirs[1][3])) < np.linalg.norm(ref[3]) ** 2  # not all the same direction
-    again = colour_swap.random_directions(ref, (2, 3), 4, seed=1)
+        rows = d[list(layers)]
+        unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        assert np.allclose(unit, unit[0], atol=1e-6)  # one direction shared by every steered layer
+        assert np.linalg.norm(rows.sum(axis=0)) == pytest.approx(want, rel=1e-5)  # the same accumulated push
+        # the vector's per-layer profile is kept
+        ratios = np.linalg.norm(rows, axis=1) / np.linalg.norm(ref[list(layers)], axis=1)
+        assert np.allclose(ratios, ratios[0], rtol=1e-5)
+        assert not d[[0, 1, 5]].any()
+    assert abs(np.dot(dirs[0][3], dirs[1][3])) < 0.9 * np.linalg.norm(dirs[0][3]) * np.linalg.norm(dirs[1][3])
+    again = colour_swap.matched_random_directions(ref, layers, 4, seed=1)
     assert all(np.array_equal(a, b) for a, b in zip(dirs, again))
 
 
 def _rec(kind, item, condition, op, alpha, truth, answer, baseline, kl=0.0):
-    return {"kind": kind, "item": item, "condition": condition, "op": op, "alpha": alpha, "truth": truth,
+    return {"kind": kind, "item": item, "row": 0, "condition": condition, "op": op, "alpha": alpha, "truth": truth,
             "answer": answer, "baseline_answer": baseline, "text": answer, "kl": kl}
 
 
-def test_colour_summary_counts_known_swaps():
-    cfg = colour_swap.ColourConfig(add_alphas=(1.0,), reflect_alphas=(), n_random=2)
+def test_colour_summary_counts_known_swaps_by_item():
+    cfg = colour_swap.ColourConfig(add_alphas=(1.5,), reflect_alphas=(), headline_alpha=1.5, n_random=2,
+                                   n_permutations=2000, n_bootstrap=500)
     recs = []
-    truths = ["green", "red"] * 5  # 10 questions
-    for i, t in enumerate(truths):
+    # 5 items x 2 phrasings; items 0-2 green, 3-4 red. Unsteered: right everywhere except item 4 (no colour).
+    for item in range(5):
+        t = "green" if item < 3 else "red"
         other = colour_swap.OPPOSITE[t]
-        recs.append(_rec("question", i, "baseline", "none", 0.0, t, t, t))
-        # vector: swaps on the first 6 questions (3 green->red, 3 red->green), no colour on one
-        ans = other if i < 6 else ("other" if i == 6 else t)
-        recs.append(_rec("question", i, "vector", "add", 1.0, t, ans, t, kl=float(i)))
-        recs.append(_rec("question", i, "flipped", "add", 1.0, t, t, t))
-        recs.append(_rec("question", i, f"random-{i % 2}", "add", 1.0, t, other if i == 0 else t, t))
-    recs.append(_rec("control", 0, "baseline", "none", 0.0, "blue", "blue", "blue"))
-    recs.append(_rec("control", 0, "vector", "add", 1.0, "blue", "red", "blue"))
-    recs.append(_rec("control", 1, "baseline", "none", 0.0, None, "other", "other"))
-    recs.append(_rec("control", 1, "vector", "add", 1.0, None, "other", "other"))
+        for phrasing in range(2):
+            base = t if item < 4 else "other"
+            recs.append(_rec("question", f"g{item}", "baseline", "none", 0.0, t, base, base))
+            # vector: both phrasings of items 0-3 swap; item 4 swaps on one phrasing
+            ans = other if item < 4 or phrasing == 0 else "other"
+            recs.append(_rec("question", f"g{item}", "vector", "add", 1.5, t, ans, base, kl=float(item)))
+            recs.append(_rec("question", f"g{item}", "flipped", "add", 1.5, t, t, base))
+            # random-0 swaps item 0 phrasing 0 only; random-1 never
+            recs.append(_rec("question", f"g{item}", "random-0", "add", 1.5, t, other if item == 0 and phrasing == 0 else t, base))
+            recs.append(_rec("question", f"g{item}", "random-1", "add", 1.5, t, t, base))
+    recs.append(_rec("control", "c0", "baseline", "none", 0.0, "blue", "blue", "blue"))
+    recs.append(_rec("control", "c0", "vector", "add", 1.5, "blue", "red", "blue"))
+    recs.append(_rec("control", "c1", "baseline", "none", 0.0, None, "other", "other"))
+    recs.append(_rec("control", "c1", "vector", "add", 1.5, None, "other", "other"))
     s = colour_swap.summarise(recs, cfg)
-    assert s["baseline"]["correct_rate"] == 1.0 and s["baseline"]["swap_rate"] == 0.0
+    assert s["baseline"]["n_correct"] == 8 and s["baseline"]["swap_rate"] == 0.0
     (e,) = s["sweep"]
-    assert e["swaps"] == 6 and e["swap_rate"] == 0.6 and e["n"] == 10
-    assert e["green_to_red"] == 0.6 and e["red_to_green"] == 0.6
-    assert e["no_colour_rate"] == 0.1 and e["kept_truth_rate"] == 0.3
-    assert e["kl_mean"] == pytest.approx(4.5)
-    assert e["flipped"]["swap_rate"] == 0.0
-    assert e["random"]["swaps"] == 1 and e["random"]["per_direction_max"] == 0.2 and e["random"]["per_direction_min"] == 0.0
-    # 6 swaps of 10 against the random rate (1 swap of 10, smoothed: 2/12)
-    assert e["p_value_vs_random"] == pytest.approx(_upper_tail(6, 10, Fraction(2, 12)), rel=1e-9)
-    assert e["controls"]["contaminated"] == 1 and e["controls"]["contamination_rate"] == 0.5
+    assert (e["all"]["swaps"], e["all"]["n"], e["all"]["n_items"]) == (9, 10, 5)
+    assert (e["correct"]["swaps"], e["correct"]["n"], e["correct"]["n_items"]) == (8, 8, 4)  # item 4 was not answered right
+    lo, hi = e["all"]["ci95"]
+    assert lo <= 0.9 <= hi <= 1.0 and lo >= 0.7  # item resampling: the rate moves by items of 2 rows
+    assert e["green_to_red"] == 1.0 and e["red_to_green"] == 0.75
+    assert e["kl_mean"] == pytest.approx(2.0)
+    # random: direction 0 swaps 1 of 10 rows, direction 1 none
+    r = s["random"]
+    assert r["all"]["per_direction"] == [0.1, 0.0] and r["all"]["mean"] == pytest.approx(0.05)
+    assert r["all"]["sd"] == pytest.approx(np.std([0.1, 0.0], ddof=1))
+    # by item, the vector beats random on all 5 items: exact one-sided sign test 1/32
+    vr = e["vs_random"]
+    assert (vr["items_up"], vr["items_down"]) == (5, 0) and vr["sign_test_p"] == pytest.approx(1 / 32)
+    # with 5 items there are 32 sign patterns; only the all-positive one reaches the observed mean
+    assert vr["permutation_p"] == pytest.approx(1 / 32, abs=0.015)
+    assert s["flipped"]["all"]["rate"] == 0.0
+    c = e["controls"]
+    assert (c["contaminated"], c["eligible"]) == (1, 2) and c["contamination_rate"] == 0.5
+
+
+def test_paired_item_test_and_clustered_interval():
+    from mlx_interp.experiments.item_stats import clustered_rate_ci, paired_item_test
+
+    t = paired_item_test([0.5, 1.0, 0.0, -0.5, 1.0, 0.5], n_permutations=4000, seed=0)
+    assert (t.items_up, t.items_down, t.n_items) == (4, 1, 6)
+    assert t.sign_test_p == pytest.approx(_upper_tail(4, 5, Fraction(1, 2)))  # ties (0) are left out
+    # exact sign-flip p: 64 patterns of the six signs (the zero's sign does not matter)
+    d = np.array([0.5, 1.0, 0.0, -0.5, 1.0, 0.5])
+    patterns = np.array(np.meshgrid(*[[-1, 1]] * 6)).reshape(6, -1).T
+    exact = np.mean((patterns * d).mean(axis=1) >= d.mean() - 1e-12)
+    assert t.permutation_p == pytest.approx(exact, abs=0.02)
+    assert paired_item_test([-1.0] * 8).sign_test_p == 1.0
+    lo, hi = clustered_rate_ci(np.array([2, 2, 0, 0]), np.array([2, 2, 2, 2]), n_resamples=4000)
+    assert lo < 0.5 < hi and lo >= 0.0 and hi <= 1.0
+    assert clustered_rate_ci(np.array([2, 2]), np.array([2, 2])) == (1.0, 1.0)
 
 
 def test_kl_divergence_known_values():

@@ -1,17 +1,21 @@
-"""Reduced versions of the four studies, end to end on the real default model (CI's check of the pipeline)."""
+"""Reduced versions of the four studies on the real default model: the documented findings, in direction and rough size.
+
+Each test runs its own study into its own directory and checks what docs/results.md
+says about that study, not only that numbers lie in [0, 1]. The report test renders
+the committed full results (docs/results/) and checks the tables in docs/results.md
+are exactly what that JSON produces.
+"""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
-
 from mlx_interp.experiments.cli import quick_configs, run_study
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def out_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("studies")
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS_DIR = ROOT / "docs" / "results"
+RESULTS_MD = ROOT / "docs" / "results.md"
 
 
 def _load(out_dir, stem):
@@ -23,61 +27,91 @@ def _load(out_dir, stem):
     return data
 
 
-def test_colour_swap_quick(default_lm, out_dir):
+@pytest.mark.integration
+def test_colour_swap_quick(default_lm, tmp_path):
     cfg = quick_configs()["colour-swap"]
-    run_study(default_lm, "colour-swap", out_dir, cfg, progress=False)
-    r = _load(out_dir, "colour_swap")
-    assert r["n_questions"] == 12 and r["n_controls"] == 4
+    run_study(default_lm, "colour-swap", tmp_path, cfg, progress=False)
+    r = _load(tmp_path, "colour_swap")
+    assert r["n_questions"] == 12 and r["n_items"] == 6 and r["n_controls"] == 4
+    head = next(e for e in r["sweep"] if e["op"] == "add" and e["alpha"] == cfg.headline_alpha)
+    rows = [x for x in r["records"] if x["kind"] == "question" and x["condition"] == "vector" and x["op"] == "add" and x["alpha"] == cfg.headline_alpha]
+    assert head["all"]["swaps"] == sum(x["answer"] == {"green": "red", "red": "green"}[x["truth"]] for x in rows)
+    # the documented finding: at the seed's 1.5 the vector swaps many answers (half on the quick set),
+    # random directions with the same accumulated push almost none, item by item
+    assert head["all"]["rate"] >= 0.35
+    assert r["random"]["directions"] == cfg.n_random and r["random"]["all"]["mean"] <= 0.15
+    assert head["vs_random"]["items_up"] >= 4 and head["vs_random"]["items_down"] == 0
+    # and it is at the edge of coherence on this model: twice the push names no colour at all
+    top = next(e for e in r["sweep"] if e["op"] == "add" and e["alpha"] == max(cfg.add_alphas))
+    assert top["no_colour_rate"] >= 0.8 and top["all"]["rate"] <= 0.2
+    assert r["flipped"]["all"]["rate"] <= 0.1  # pushing toward the truth never swaps
+    # coherence costs grow with alpha; unsteered rows have zero KL to themselves
     add = [e for e in r["sweep"] if e["op"] == "add"]
-    assert [e["alpha"] for e in add] == list(cfg.add_alphas)
-    for e in add:
-        # the summary agrees with the per-answer records it was computed from
-        rows = [x for x in r["records"] if x["condition"] == "vector" and x["op"] == "add" and x["alpha"] == e["alpha"] and x["kind"] == "question"]
-        assert e["swaps"] == sum(x["answer"] == {"green": "red", "red": "green"}[x["truth"]] for x in rows)
-        assert 0 <= e["p_value_vs_random"] <= 1 and e["random"]["directions"] == cfg.n_random
-        assert e["kl_mean"] >= 0
-    # KL grows with alpha, and unsteered rows have zero KL to themselves
-    assert add[-1]["kl_mean"] > add[0]["kl_mean"]
+    assert add[-1]["kl_mean"] > add[0]["kl_mean"] > 0
     assert all(x["kl"] == pytest.approx(0, abs=1e-6) for x in r["records"] if x["condition"] == "baseline")
 
 
-def test_sycophancy_quick(default_lm, out_dir):
-    run_study(default_lm, "sycophancy", out_dir, quick_configs()["sycophancy"], progress=False)
-    r = _load(out_dir, "sycophancy")
+@pytest.mark.integration
+def test_sycophancy_quick(default_lm, tmp_path):
+    run_study(default_lm, "sycophancy", tmp_path, quick_configs()["sycophancy"], progress=False)
+    r = _load(tmp_path, "sycophancy")
     assert len(r["contrasts"]) == 6 and r["n_items"] == 10
-    for c in r["contrasts"].values():
-        assert len(c["per_layer"]) == default_lm.num_layers
-        assert 0 < c["permutation_p_at_best"] <= 1
-    cos = r["direction_cosine"]
-    assert len(cos["cosine"]) == default_lm.num_layers and cos["depth"][-1] == 1.0
-    assert all(lo <= c + 1e-6 for lo, c in zip(cos["ci_low"], cos["cosine"]))
+    # documented: SyA vs GA near chance on this model; every contrast that changes the answer's words is separated
+    assert r["contrasts"]["SyA vs GA"]["best_auroc"] < 0.9  # the best of 30 layers on 10 items: chance reaches ~0.75
+    for name, c in r["contrasts"].items():
+        if name != "SyA vs GA":
+            assert c["best_accuracy"] >= 0.9, name
+    # documented: SyA−neutral and GA−neutral are one direction here (the seed's 7B: 0.61)
+    assert r["direction_cosine"]["mid_to_late_mean"] > 0.95
 
 
-def test_confound_quick(default_lm, out_dir):
-    run_study(default_lm, "confound", out_dir, quick_configs()["confound"], progress=False)
-    r = _load(out_dir, "confound")
-    assert len(r["conditions"]) == 6
-    for c in r["conditions"].values():
-        lo, hi = c["pressure_probe"]["flagged_ci"]
-        assert lo <= c["pressure_probe"]["flagged_rate"] <= hi
-    assert 0 <= r["sycophancy_probe"]["auroc"] <= 1
+@pytest.mark.integration
+def test_confound_quick(default_lm, tmp_path):
+    run_study(default_lm, "confound", tmp_path, quick_configs()["confound"], progress=False)
+    r = _load(tmp_path, "confound")
+    c = r["conditions"]
+    assert len(c) == 6
+    # documented: perfect on its training contrast, yet flags bare questions, and not the emotional prompts
+    assert r["pressure_probe"]["cv_accuracy"] >= 0.9
+    assert c["bare_question"]["pressure_probe"]["flagged_rate"] >= 0.7
+    assert c["clinical_pressure"]["pressure_probe"]["flagged_rate"] >= 0.7
+    assert c["third_party_emotion"]["pressure_probe"]["flagged_rate"] <= 0.3
+    assert r["pressure_probe"]["tracks"]["emotion"]["auroc"] < 0.5 < r["pressure_probe"]["tracks"]["pressure"]["auroc"]
 
 
-def test_contamination_quick(default_lm, out_dir):
-    run_study(default_lm, "contamination", out_dir, quick_configs()["contamination"], progress=False)
-    r = _load(out_dir, "contamination")
+@pytest.mark.integration
+def test_contamination_quick(default_lm, tmp_path):
+    run_study(default_lm, "contamination", tmp_path, quick_configs()["contamination"], progress=False)
+    r = _load(tmp_path, "contamination")
     assert len(r["domains"]) == 5
-    for d in r["domains"].values():
-        for v in ("rubric", "padding", "wrong_rubric"):
-            lo, hi = d[v]["ci95"]
-            assert lo <= d[v]["shift"] <= hi and d[v]["n"] == 2
-            assert 0 <= d[v]["shift"] <= 2
+    o = r["overall"]
+    # documented: a rubric moves the representation more than padding of its length, a wrong rubric as much as the right one
+    assert o["rubric_minus_padding"]["diff"] > 0.003
+    assert o["rubric"]["shift"] > o["padding"]["shift"]
+    assert abs(o["wrong_rubric"]["shift"] - o["rubric"]["shift"]) < 0.5 * o["rubric_minus_padding"]["diff"] + 0.005
 
 
-def test_report_renders_every_study(out_dir):
-    from mlx_interp.experiments.report import render
+def test_report_tables_in_docs_are_generated_from_the_committed_results():
+    from mlx_interp.experiments.report import TABLES
 
-    text = render(out_dir)
-    for stem in ("colour_swap", "sycophancy", "confound", "contamination"):
-        assert f"### {stem}" in text
-    assert "0.61" in text and "not reported" in text  # the toolkit's known 7B number, and honesty about the rest
+    stems = sorted(p.stem for p in RESULTS_DIR.glob("*.json"))
+    assert "colour_swap" in stems and "capability" in stems
+    doc = RESULTS_MD.read_text(encoding="utf-8")
+    for stem in stems:
+        table = TABLES[stem](json.loads((RESULTS_DIR / f"{stem}.json").read_text()))
+        assert table in doc, f"docs/results.md does not hold the {stem} table rendered from docs/results/{stem}.json"
+
+
+def test_committed_colour_summary_is_recomputed_from_its_records():
+    """The committed summary is what summarise() gives on the committed per-answer records."""
+    from mlx_interp.experiments.colour_swap import ColourConfig, summarise
+
+    r = json.loads((RESULTS_DIR / "colour_swap.json").read_text())
+    cfg = ColourConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in r["config"].items()})
+    again = summarise(r["records"], cfg)
+    assert json.loads(json.dumps(again)) == {k: r[k] for k in again}
+    head = next(e for e in r["sweep"] if e["op"] == "add" and e["alpha"] == cfg.headline_alpha)
+    assert head["correct"]["n"] == sum(1 for x in r["records"] if x["condition"] == "vector" and x["op"] == "add"
+                                       and x["alpha"] == cfg.headline_alpha and x["kind"] == "question"
+                                       and x["baseline_answer"] == x["truth"])
+    assert np.isclose(r["random"]["all"]["mean"], np.mean(r["random"]["all"]["per_direction"]))

@@ -103,11 +103,14 @@ def _components(source: Path) -> dict:
     return _openapi_to_jsonschema(json.loads(source.read_text(encoding="utf-8"))["components"])
 
 
-def validate(obj: dict, schema_name: str, streamed_completion: bool = False, source: Path | None = None) -> None:
+def validate(obj: dict, schema_name: str, streamed_completion: bool = False, source: Path | None = None,
+             echoed_prompt: bool = False) -> None:
     """Raise jsonschema.ValidationError unless obj matches components/schemas/schema_name.
 
     A streamed /v1/completions chunk uses CreateCompletionResponse, whose
-    finish_reason OpenAI itself sends as null before the last chunk.
+    finish_reason OpenAI itself sends as null before the last chunk. With
+    echo + logprobs OpenAI's legacy API sends null for the first prompt token's
+    logprob and top_logprobs (nothing precedes it); the published schema omits that.
     `source` picks the description (default: openapi_source()).
     """
     import jsonschema
@@ -116,10 +119,15 @@ def validate(obj: dict, schema_name: str, streamed_completion: bool = False, sou
     components = _components(source)
     if schema_name not in components["schemas"]:
         raise KeyError(f"{schema_name!r} is not in {source}; add it to ROOTS in tests/gateway/openapi/make_extract.py and regenerate")
-    if streamed_completion:
+    if streamed_completion or echoed_prompt:
         components = copy.deepcopy(components)
         item = components["schemas"]["CreateCompletionResponse"]["properties"]["choices"]["items"]
+    if streamed_completion:
         item["properties"]["finish_reason"] = {"anyOf": [item["properties"]["finish_reason"], {"type": "null"}]}
+    if echoed_prompt:
+        lp = next(s for s in item["properties"]["logprobs"]["anyOf"] if s.get("type") == "object")["properties"]
+        for key in ("token_logprobs", "top_logprobs"):
+            lp[key]["items"] = {"anyOf": [lp[key]["items"], {"type": "null"}]}
     schema = {"$ref": f"#/components/schemas/{schema_name}", "components": components}
     jsonschema.Draft202012Validator(schema).validate(obj)
 
@@ -140,11 +148,11 @@ def sse_events(text: str) -> list:
 # -- artifacts for the tiny model ------------------------------------------------------------------
 
 
-def make_vector(lm, name: str, root: Path, seed: int = 0, layers=(1, 2), alpha: float = 8.0):
+def make_vector(lm, name: str, root: Path, seed: int = 0, layers=(1, 2), alpha: float = 8.0, scale: float = 1.0):
     from mlx_interp.steering.vectors import SteeringVector, build_metadata
 
     rng = np.random.default_rng(seed)
-    directions = rng.standard_normal((lm.num_layers, lm.hidden_size)).astype(np.float32)
+    directions = (rng.standard_normal((lm.num_layers, lm.hidden_size)) * scale).astype(np.float32)
     meta = build_metadata(
         name,
         hidden_size=lm.hidden_size,

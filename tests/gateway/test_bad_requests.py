@@ -13,6 +13,7 @@ import pytest
 
 from conftest import ADMIN_KEY, API_KEY
 from gateway_helpers import validate
+from mlx_interp.gateway.errors import MAX_MESSAGE_CHARS
 
 pytestmark = pytest.mark.server
 
@@ -38,7 +39,7 @@ class Case:
     param: str | None = None  # expected error.param, when it matters
     path: str = CHAT_PATH
     method: str = "POST"
-    headers: dict = field(default_factory=dict)
+    headers: dict | list = field(default_factory=dict)  # a list of pairs may repeat a header
     auth: object = API_KEY
 
 
@@ -157,6 +158,38 @@ CASES = [
     Case("unknown-route", None, 404, path="/v1/nothing", method="GET"),
     Case("wrong-method", None, 405, path=CHAT_PATH, method="PUT"),
     Case("unknown-model-get", None, 404, "model", path="/v1/models/nope", method="GET"),
+    # -- hostile input (issue 14): lenient parsing, 500s where a 4xx belongs, unbounded work
+    Case("logit-bias-spaced-key", chat(logit_bias={" 5 ": 1}), 400, "logit_bias"),
+    Case("logit-bias-underscore-key", chat(logit_bias={"1_0": 1}), 400, "logit_bias"),
+    Case("logit-bias-plus-key", chat(logit_bias={"+5": 1}), 400, "logit_bias"),
+    Case("x-steer-underscore-number", chat(), 400, "X-Steer", headers={"X-Steer": "push=1_000"}),
+    Case("x-steer-infinity-word", chat(), 400, "X-Steer", headers={"X-Steer": "push=infinity"}),
+    Case("x-steer-twice", chat(), 400, "X-Steer", headers=[("X-Steer", "push=1"), ("X-Steer", "pull=1")]),
+    Case("x-probes-twice", chat(), 400, "X-Probes", headers=[("X-Probes", "alpha_probe"), ("X-Probes", "beta_probe")]),
+    Case("five-thousand-headers", chat(), 431, headers=[(f"X-H{i}", "v") for i in range(5000)]),
+    Case("seventy-kb-header", chat(), 431, headers={"X-Big": "v" * 70_000}),
+    Case("content-type-text-plain", json.dumps(chat()).encode(), 415, "Content-Type", headers={"Content-Type": "text/plain"}),
+    Case("content-type-form", json.dumps(chat()).encode(), 415, "Content-Type",
+         headers={"Content-Type": "application/x-www-form-urlencoded"}),
+    Case("upload-as-text-plain", json.dumps({"name": "x", "metadata": {}, "safetensors": ""}).encode(), 415, "Content-Type",
+         path="/v1/steering/vectors", headers={"Content-Type": "text/plain"}, auth=ADMIN_KEY),
+    Case("lone-surrogate-steer-key", b'{"model":"default","messages":[{"role":"user","content":"hi"}],"steer":{"\\ud800":1}}', 400),
+    Case("lone-surrogate-probes-key", b'{"model":"default","messages":[{"role":"user","content":"hi"}],"probes":{"\\udfff":{}}}', 400),
+    Case("lone-surrogate-prompt", b'{"model":"default","prompt":"a\\ud800b","max_tokens":2}', 400, path=TEXT_PATH),
+    Case("lone-surrogate-message", b'{"model":"default","messages":[{"role":"user","content":"\\udc00"}]}', 400),
+    Case("upload-metadata-600-deep", {"name": "deep", "metadata": json.loads('{"a":' * 600 + "1" + "}" * 600), "safetensors": ""},
+         400, "metadata", path="/v1/steering/vectors", auth=ADMIN_KEY),
+    Case("upload-metadata-too-big", {"name": "fat", "metadata": {"description": "x" * 1_100_000}, "safetensors": ""},
+         413, "metadata", path="/v1/probes", auth=ADMIN_KEY),
+    Case("upload-from-foreign-origin", {"name": "x", "metadata": {}, "safetensors": ""}, 403, "Origin",
+         path="/v1/steering/vectors", headers={"Origin": "http://evil.example"}, auth=ADMIN_KEY),
+    Case("delete-from-foreign-origin", None, 403, "Origin", path="/v1/probes/alpha_probe", method="DELETE",
+         headers={"Origin": "http://evil.example"}, auth=ADMIN_KEY),
+    Case("echoed-value-is-cut", chat(logit_bias={"5": "v" * 60_000}), 400, "logit_bias"),
+    Case("token-budget", text(prompt=["hello"] * 16, n=16, max_tokens=2048), 400, "max_tokens", path=TEXT_PATH),
+    Case("steer-layers-spec-too-long", chat(steer=[{"vector": "push", "layers": "1," * 600 + "1"}]), 400, "steer"),
+    Case("steer-layers-list-too-long", chat(steer=[{"vector": "push", "layers": [1] * 2000}]), 400, "steer"),
+    Case("made-up-method", None, 405, path=CHAT_PATH, method="BREW"),
 ]
 
 
@@ -177,19 +210,20 @@ def _send_raw(server, case: Case, headers: dict, content: bytes) -> httpx.Respon
 
 
 def _send(server, case: Case) -> httpx.Response:
-    headers = dict(case.headers)
-    if case.auth is not NO_AUTH and "Authorization" not in headers:
-        headers["Authorization"] = f"Bearer {case.auth}"
+    headers = list(case.headers.items()) if isinstance(case.headers, dict) else list(case.headers)
+    names = {k.lower() for k, _ in headers}
+    if case.auth is not NO_AUTH and "authorization" not in names:
+        headers.append(("Authorization", f"Bearer {case.auth}"))
     if isinstance(case.body, bytes):
         content = case.body
     elif case.body is None:
         content = None
     else:
         content = json.dumps(case.body).encode()
-    if content is not None:
-        headers.setdefault("Content-Type", "application/json")
-    if "Content-Length" in case.headers:
-        return _send_raw(server, case, headers, content or b"")
+    if content is not None and "content-type" not in names:
+        headers.append(("Content-Type", "application/json"))
+    if "content-length" in names:
+        return _send_raw(server, case, dict(headers), content or b"")
     with httpx.Client(base_url=server.url, timeout=30) as c:
         return c.request(case.method, case.path, content=content, headers=headers)
 
@@ -207,6 +241,7 @@ def test_bad_request(tiny_server, case):
     validate(body, "ErrorResponse")
     error = body["error"]
     assert error["message"] and "Traceback" not in error["message"]
+    assert len(error["message"]) <= MAX_MESSAGE_CHARS  # echoed values are cut
     if case.param is not None:
         assert error["param"] == case.param, error
     assert httpx.get(tiny_server.url + "/health").status_code == 200

@@ -266,7 +266,7 @@ def test_a_request_that_fails_in_the_model_thread_fails_alone(tiny_llama):
     assert not hooks_installed(tiny_llama.model)
 
 
-def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_llama, monkeypatch):
+def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_llama, monkeypatch, caplog):
     """A step that raises posts none of its events, so a row that ended in that step must fail too, not hang."""
     import asyncio
 
@@ -311,6 +311,9 @@ def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_l
         engine.stop()
     assert isinstance(seen[True][-1], Failed) and seen[True][-1].error.status == 500
     assert isinstance(seen[False][-1], Failed) and seen[False][-1].error.status == 500
+    errors = [r for r in caplog.records if r.name == "mlx_interp.gateway" and r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is None  # one line for the failed step, no traceback
+    assert "detokenizer exploded" in errors[0].getMessage()
 
 
 def test_jobs_cancelled_while_queued_give_their_queue_places_back_at_once(tiny_llama):
@@ -389,18 +392,99 @@ def test_a_replaced_probe_is_read_with_its_own_weights_while_the_old_one_runs(ti
 
     async def run():
         loop = asyncio.get_running_loop()
-        running = Job(spec(old, 40), loop, asyncio.Queue())
+        # The running request would take hours: the new probe's reading must not wait for it to end.
+        running = Job(spec(old, 1_000_000), loop, asyncio.Queue())
         engine.submit(running)
         await asyncio.wait_for(running.events.get(), 60)  # admitted: it reads the old probe
         scoring = Job(spec(new, 0), loop, asyncio.Queue())
         engine.submit(scoring)
-        while True:
-            for ev in await asyncio.wait_for(scoring.events.get(), 60):
-                if isinstance(ev, PromptRead):
-                    return ev.reading
+        try:
+            while True:
+                for ev in await asyncio.wait_for(scoring.events.get(), 60):
+                    if isinstance(ev, PromptRead):
+                        return ev.reading
+        finally:
+            running.cancelled = True
 
     try:
         reading = asyncio.run(run())
     finally:
         engine.stop()
     np.testing.assert_allclose(reading, expected, atol=1e-5)
+
+
+# -- issue 14: safe numerics, bounded caches ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("params", [{"temperature": 1e-40}, {"temperature": 1e-300}, {"top_p": 1e-300}, {"top_p": 1e-40},
+                                    {"temperature": 1e-40, "top_p": 1e-300}])
+def test_tiny_temperature_and_top_p_choose_the_greedy_token(params):
+    import mlx.core as mx
+
+    from mlx_interp.gateway.sampling import RowSampler, SamplingParams, sample
+
+    rng = np.random.default_rng(0)
+    logits = mx.array(rng.standard_normal((3, 500)).astype(np.float32) * 5)
+    samplers = [RowSampler(SamplingParams(logprobs=True, seed=i, **params), 500, i) for i in range(3)]
+    out = sample(logits, samplers)
+    np.testing.assert_array_equal(np.array(out.tokens), np.argmax(np.array(logits), axis=-1))
+    lp = np.array(out.logprob)
+    assert np.all(np.isfinite(lp))
+    expected = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True)).max(axis=-1)
+    np.testing.assert_allclose(lp, expected, atol=1e-5)  # the most likely token's logprob, not -20
+
+
+def test_prompt_cache_is_bounded_in_bytes(tiny_llama):
+    from mlx_interp.gateway.prompt_cache import PromptCache, cache_bytes
+    from mlx_interp.steering.generation import steering_session
+
+    with steering_session(tiny_llama) as batch:
+        caches = [batch.prefill(list(range(3 + i, 40 + i))).cache for i in range(6)]
+    one = cache_bytes(caches[0])
+    assert one > 0
+    cache = PromptCache(entries=100, max_bytes=int(2.5 * one))
+    for i, c in enumerate(caches):
+        cache.store((), tuple(range(3 + i, 40 + i)), c)
+        assert cache.nbytes <= 2.5 * one
+    assert len(cache._store) == 2
+    assert cache.lookup((), tuple(range(8, 45)))[1] == 37  # the newest stays
+    assert cache.lookup((), tuple(range(3, 40)))[1] < 37  # the oldest went
+    small = PromptCache(entries=100, max_bytes=one // 2)
+    small.store((), tuple(range(3, 40)), caches[0])  # larger than the whole budget: not kept
+    assert small.nbytes == 0 and small.lookup((), tuple(range(3, 40))) == (None, 0)
+
+
+def test_admission_splits_a_request_into_prompt_groups():
+    from mlx_interp.gateway.admission import Admission
+    from mlx_interp.gateway.events import Job
+    from mlx_interp.gateway.protocol import CHAT, ChoiceSpec, GenerationSpec
+
+    choices = [ChoiceSpec(p * 3 + i, (p + 1, p + 2), ()) for p in range(4) for i in range(3)]
+    job = Job(GenerationSpec(kind=CHAT, model="default", max_tokens=4, choices=choices), None, None)
+    adm = Admission.of(job)
+    assert [len(g.choices) for g in adm.groups] == [3, 3, 3, 3]
+    assert adm.next_claim() is adm.groups[0] and not adm.finished
+
+
+def test_budget_and_layer_spec_limits_name_themselves():
+    from mlx_interp.gateway.validation import _check_budget
+
+    limits = Limits(max_request_tokens=1000)
+    _check_budget([[1] * 10] * 2, 4, 100, limits)  # 4 x 2 x 110 = 880
+    with pytest.raises(BadRequest) as e:
+        _check_budget([[1] * 10] * 2, 5, 100, limits)  # 1100
+    assert e.value.param == "max_tokens" and "--max-request-tokens" in e.value.message and "1100" in e.value.message
+    with pytest.raises(BadRequest) as e:
+        steer_spec.parse_body([{"vector": "v", "layers": "1," * 600}], 1, Limits(max_layers_spec=100))
+    assert "--max-layers-spec" in e.value.message
+    for bad in ("1_000", "nan", "inf", "0x10", "1e", "1 000"):
+        with pytest.raises(BadRequest):
+            steer_spec.parse_header(f"v={bad}", Limits())
+    assert steer_spec.parse_header("v=-1.5e1", Limits())[0].alpha == -15.0
+
+
+def test_long_error_messages_are_cut():
+    from mlx_interp.gateway.errors import MAX_MESSAGE_CHARS
+
+    err = BadRequest("x" * 1_000_000)
+    assert len(err.message) <= MAX_MESSAGE_CHARS and err.message.endswith("(1000000 chars)")
