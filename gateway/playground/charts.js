@@ -24,14 +24,13 @@ function yAxis(svg, y, x0, x1) {
   }
 }
 
+// Layers without weights (null) are skipped: the line joins the layers the probe reads (its dots
+// show which those are).
 function path(values, x, y) {
   let d = "";
   let pen = false;
   values.forEach((v, i) => {
-    if (v === null || v === undefined || !Number.isFinite(v)) {
-      pen = false;
-      return;
-    }
+    if (v === null || v === undefined || !Number.isFinite(v)) return;
     d += `${pen ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`;
     pen = true;
   });

@@ -68,7 +68,9 @@ def send_and_wait(browser, watch_stream: bool = False) -> list[int]:
 
 
 def column_texts(browser) -> list[str]:
-    return [e.text.replace("\u200b", "") for e in browser.find_elements(By.CSS_SELECTOR, ".answer .tokens")]
+    """Each column's text as the page holds it (textContent: newlines kept, unlike WebDriver's rendered .text)."""
+    return browser.execute_script(
+        "return [...document.querySelectorAll('.answer .tokens')].map(e => e.textContent.replaceAll('\u200b', ''))")
 
 
 def column_scores(browser) -> list[list[float]]:
