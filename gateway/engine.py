@@ -32,6 +32,7 @@ import numpy as np
 
 from mlx_interp.steering.generation import steering_session
 
+from . import constraints
 from .errors import QueueFull, Unavailable, as_api_error
 from .events import ChoiceEnd, Failed, Job, PromptRead
 from .limits import Limits
@@ -52,9 +53,10 @@ class Part:
     """Outputs of one forward pass for some consecutive rows of the batch."""
 
     rows: list
-    sampled: Sampled
+    sampled: Sampled | None  # None until a batch with constrained rows has its masks (see _sample_constrained)
     scores: object = None  # mx (b, L, P) readings of the tokens fed in that pass
     bank: object = None
+    logits: object = None  # kept only while sampling waits for grammar masks
 
     def take(self, keep: list[int]) -> "Part":
         idx = mx.array(keep)
@@ -78,6 +80,7 @@ class Engine:
         self._prompt_cache = PromptCache(limits.prompt_cache_entries)
         self._probes = BankKeeper(lm.num_layers, lm.hidden_size)
         self._texts = TokenTexts(lm.tokenizer)
+        self._grammars = constraints.GrammarEngine(lm.tokenizer, self.vocab_size)
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="mlx-interp-model", daemon=True)
@@ -138,6 +141,7 @@ class Engine:
                 nxt = self._launch(cur) if cur else None
                 if cur:
                     self._consume(cur)
+                nxt = self._sample_constrained(nxt)
                 nxt = self._drop_finished(nxt)
                 cur = self._admit(nxt)
             except Exception as exc:  # noqa: BLE001 - a failed step fails the rows in it, not the thread
@@ -174,11 +178,30 @@ class Engine:
         tokens = cur[0].sampled.tokens if len(cur) == 1 else mx.concatenate([p.sampled.tokens for p in cur])
         capture = any(r.wants_probes for r in rows)
         logits, hidden = self._batch.step(tokens, capture=capture)
-        sampled = sample(logits, [r.sampler for r in rows])
         scores = self._probes.bank.scores(hidden) if capture else None
-        mx.async_eval(sampled.arrays() + ([scores] if scores is not None else []))
+        bank = self._probes.bank if capture else None
         self.steps += 1
-        return [Part(list(rows), sampled, scores, self._probes.bank if capture else None)]
+        if any(r.constraint is not None for r in rows):
+            # The masks need the tokens of the step being read now: run the forward pass, sample later.
+            mx.async_eval([logits] + ([scores] if scores is not None else []))
+            return [Part(list(rows), None, scores, bank, logits=logits)]
+        sampled = sample(logits, [r.sampler for r in rows])
+        mx.async_eval(sampled.arrays() + ([scores] if scores is not None else []))
+        return [Part(list(rows), sampled, scores, bank)]
+
+    def _sample_constrained(self, parts: list[Part] | None) -> list[Part] | None:
+        """Sample a launched step whose rows include grammar-constrained ones, now that their matchers saw the last tokens."""
+        for part in parts or ():
+            if part.sampled is None:
+                logits = self._masked(part.logits, part.rows)
+                part.sampled = sample(logits, [r.sampler for r in part.rows])
+                part.logits = None
+                mx.async_eval(part.sampled.arrays())
+        return parts
+
+    def _masked(self, logits, rows):
+        masks = constraints.bitmasks([None if r.done else r.constraint for r in rows])
+        return logits if masks is None else constraints.apply_masks(logits, masks, self._grammars)
 
     def _consume(self, parts: list[Part]) -> None:
         outbox: dict[Job, list] = {}
@@ -306,8 +329,9 @@ class Engine:
                     probe_names=names,
                     eos=self._eos,
                     texts=self._texts,
+                    constraint=self._grammars.matcher(spec.grammar) if spec.grammar is not None else None,
                 )
-                first = sample(pre.logits[None], [row.sampler])
+                first = sample(self._masked(pre.logits[None], [row]), [row.sampler])
                 mx.async_eval(first.arrays())
                 self._batch.add(row, pre, c.interventions)
                 parts.append(Part([row], first))

@@ -38,6 +38,8 @@ class Limits:
     max_batch: int = _limit(16, "rows (choices) decoded together in one forward pass")
     prompt_cache_entries: int = _limit(8, "prompt KV caches kept for prefix reuse (least recently used dropped)")
     max_header_chars: int = _limit(4096, "longest X-Steer / X-Probes header")
+    max_tools: int = _limit(64, "most function tools in one request")
+    max_schema_chars: int = _limit(65536, "longest JSON Schema (response_format, one tool's parameters), as JSON text")
 
 
 def limit_docs() -> list[tuple[str, object, str]]:

@@ -40,6 +40,8 @@ class GenerationSpec:
     echo: bool = False
     prompt_texts: list[str] = field(default_factory=list)  # per choice, for echo
     steering_applied: list[dict] = field(default_factory=list)
+    grammar: object = None  # constraints.Grammar every choice's tokens must follow
+    output: object = None  # tools.ToolOutput: how the text becomes tool calls (chat with tools)
 
     @property
     def prompt_tokens(self) -> int:

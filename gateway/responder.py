@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from starlette.responses import StreamingResponse
 
+from . import tools
 from .events import ChoiceEnd, Failed, Job, PromptRead, TokenOut
 from .jsonio import dumps
 from .probe_spec import ProbeReadings
@@ -99,7 +100,10 @@ class Run:
             text = "".join(st.text)
             item = {"index": c.index, "finish_reason": st.finish_reason}
             if spec.kind == CHAT:
-                item["message"] = {"role": "assistant", "content": text, "refusal": None}
+                content, calls, item["finish_reason"] = tools.finish(spec.output, text, st.finish_reason)
+                item["message"] = {"role": "assistant", "content": content, "refusal": None}
+                if calls:
+                    item["message"]["tool_calls"] = calls
                 item["logprobs"] = (
                     {"content": [chat_logprob_entry(*e) for e in st.logprobs], "refusal": None}
                     if spec.sampling.logprobs
@@ -139,7 +143,8 @@ class Run:
         try:
             async for ev in self.events():
                 if isinstance(ev, TokenOut):
-                    item = self._choice(ev.index, ev.text)
+                    held = spec.output is not None and spec.output.may_call("".join(self.choices[ev.index].text))
+                    item = self._choice(ev.index, None if held else ev.text)  # calls go out whole at the end
                     if ev.logprob is not None:
                         entry = (ev.token_text, ev.logprob, ev.top)
                         if spec.kind == CHAT:
@@ -148,11 +153,19 @@ class Run:
                             item["logprobs"] = text_logprobs([entry], 0, spec.sampling.top_logprobs > 0)
                     if ev.reading is not None:
                         item["probes"] = self.choices[ev.index].readings.best(ev.reading)
-                    if ev.text or "logprobs" in item or "probes" in item:
+                    if (ev.text and not held) or "logprobs" in item or "probes" in item:
                         yield self._chunk([item])
                 elif isinstance(ev, ChoiceEnd):
                     st = self.choices[ev.index]
-                    item = self._choice(ev.index, ev.text, finish=ev.finish_reason)
+                    finish, tail = ev.finish_reason, ev.text
+                    if spec.output is not None and spec.output.may_call("".join(st.text)):
+                        content, calls, finish = tools.finish(spec.output, "".join(st.text), ev.finish_reason)
+                        if calls:
+                            yield self._chunk([{"index": ev.index, "delta": {"tool_calls": tools.call_deltas(calls)}, "finish_reason": None}])
+                            tail = None
+                        else:
+                            tail = content  # not calls after all (cut off): the held text goes out now
+                    item = self._choice(ev.index, tail, finish=finish)
                     if spec.probes:
                         item["probes"] = st.readings.result()
                     yield self._chunk([item], steering=steering_field(spec))
