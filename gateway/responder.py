@@ -209,8 +209,9 @@ async def wait_for_response(run: Run, request) -> dict | None:
 class SSEResponse(StreamingResponse):
     """A stream that cancels its run however it ends (finished, client gone, server stopping)."""
 
-    def __init__(self, run: Run, **kwargs):
-        super().__init__(run.stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}, **kwargs)
+    def __init__(self, run: Run, content=None, **kwargs):
+        content = run.stream() if content is None else content
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}, **kwargs)
         self.run = run
 
     async def __call__(self, scope, receive, send):
