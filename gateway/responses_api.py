@@ -189,8 +189,9 @@ class ResponseShape:
             "top_p": b.get("top_p", 1.0),
             "truncation": "disabled",
             "metadata": b.get("metadata") or {},
-            "usage": usage,
         }
+        if usage is not None:  # the schema has no null usage: an in-progress response leaves it out
+            out["usage"] = usage
         out.update(extras or {})
         return out
 
@@ -217,7 +218,7 @@ class ResponseShape:
 def usage(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> dict:
     return {
         "input_tokens": prompt_tokens,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt_tokens + completion_tokens,
