@@ -32,8 +32,8 @@ class Shelf(Generic[T]):
 
     def load_all(self) -> list[ArtifactError]:
         errors: list[ArtifactError] = []
-        for lib in self.libraries:
-            errors.extend(lib.load_all())
+        for i, lib in enumerate(self.libraries):
+            errors.extend(lib.load_all(sweep=i == 0))  # the server writes the first: clear what a killed write left
         return errors
 
     @property

@@ -24,7 +24,8 @@ from mlx_interp.steering.artifacts import (
     ArtifactLibrary,
     FORMAT_VERSION,
     ArtifactError,
-    atomic_write,
+    check_pair,
+    commit_pair,
     check_finite,
     check_model_match,
     check_name,
@@ -205,8 +206,7 @@ class Probe:
         json_path = path_in_library(directory, self.name, JSON_SUFFIX)
         tensor_path = path_in_library(directory, self.name, TENSOR_SUFFIX)
         data = self.tensor_bytes()
-        atomic_write(tensor_path, data)
-        atomic_write(json_path, _json_bytes(self.metadata))
+        self.metadata = commit_pair(tensor_path, data, json_path, self.metadata)
         self._sha256 = hashlib.sha256(data).hexdigest()
         return json_path
 
@@ -235,6 +235,7 @@ class Probe:
             raise ArtifactError(tensor_path, f"cannot read: {exc}") from None
         probe = probe_from_bytes(tensor_path, data, meta)
         probe.validate(json_path, fingerprint=fingerprint, hidden_size=hidden_size, num_layers=num_layers)
+        check_pair(json_path, meta, tensor_path, data)
         probe._sha256 = hashlib.sha256(data).hexdigest()
         return probe
 

@@ -105,6 +105,88 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         raise
 
 
+# -- a tensor file and its metadata, replaced as one ------------------------------------------
+#
+# An artifact is two files, and no rename covers two files at once. So the JSON
+# names the sha256 of the tensor file it belongs to, the old tensor file is kept
+# (as a hard link, NAME.safetensors.prev) until the new JSON is in place, and
+# recover_pair() puts the old one back when a writer died in between. Whatever
+# kills the writer, a reader finds the old pair or the new pair, never new
+# directions under old metadata; and a mismatched pair is refused on load.
+
+TENSORS_HASH_FIELD = "tensors_sha256"
+PREVIOUS_SUFFIX = ".prev"
+TMP_SUFFIX = ".tmp"  # atomic_write's leftovers: .NAME.<random>.tmp
+
+
+def previous_path(tensor_path: str | Path) -> Path:
+    tensor_path = Path(tensor_path)
+    return tensor_path.with_name(tensor_path.name + PREVIOUS_SUFFIX)
+
+
+def commit_pair(tensor_path: str | Path, tensor_bytes: bytes, json_path: str | Path, meta: dict) -> dict:
+    """Replace (or create) tensor_path and json_path as one; returns the metadata as written."""
+    tensor_path, json_path = Path(tensor_path), Path(json_path)
+    recover_pair(json_path, tensor_path)  # a pair half-replaced earlier is settled before this one moves
+    meta = {**meta, TENSORS_HASH_FIELD: hashlib.sha256(tensor_bytes).hexdigest()}
+    body = json_text(meta).encode("utf-8")
+    prev = previous_path(tensor_path)
+    if tensor_path.exists() and json_path.exists():
+        prev.unlink(missing_ok=True)
+        os.link(tensor_path, prev)
+    atomic_write(tensor_path, tensor_bytes)
+    atomic_write(json_path, body)
+    prev.unlink(missing_ok=True)
+    return meta
+
+
+def recover_pair(json_path: str | Path, tensor_path: str | Path) -> None:
+    """Settle a pair whose writer died between its two renames: keep whichever tensor file the JSON names."""
+    json_path, tensor_path = Path(json_path), Path(tensor_path)
+    prev = previous_path(tensor_path)
+    if not prev.exists():
+        return
+    try:
+        wanted = read_json(json_path).get(TENSORS_HASH_FIELD)
+    except ArtifactError:
+        wanted = None
+    if wanted is None:  # nothing to compare with (no JSON, or one from before the hash): the newer file stays
+        prev.unlink(missing_ok=True)
+    elif tensor_path.exists() and file_sha256(tensor_path) == wanted:
+        prev.unlink(missing_ok=True)
+    elif file_sha256(prev) == wanted:
+        os.replace(prev, tensor_path)
+    # else: neither file is the one the JSON names; leave both for a person to look at (load refuses the pair)
+
+
+def check_pair(json_path: str | Path, meta: dict, tensor_path: str | Path, tensor_bytes: bytes) -> None:
+    """Refuse a tensor file that is not the one its JSON was written with (metadata from before the hash pass)."""
+    wanted = meta.get(TENSORS_HASH_FIELD)
+    if wanted is None:
+        return
+    if not isinstance(wanted, str) or hashlib.sha256(tensor_bytes).hexdigest() != wanted:
+        raise ArtifactError(
+            tensor_path,
+            f"does not match {Path(json_path).name} ({TENSORS_HASH_FIELD}); the pair was not written together",
+        )
+
+
+def sweep_leftovers(root: str | Path) -> list[Path]:
+    """Remove temporary files that writers killed mid-write left behind, and settle half-replaced pairs."""
+    root = Path(root)
+    removed = []
+    if not root.is_dir():
+        return removed
+    for tmp in root.glob(".*" + TMP_SUFFIX):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    for prev in root.glob("*" + PREVIOUS_SUFFIX):
+        tensor_path = prev.with_name(prev.name[: -len(PREVIOUS_SUFFIX)])
+        stem = tensor_path.name.rsplit(".", 1)[0]
+        recover_pair(tensor_path.with_name(stem + ".json"), tensor_path)
+    return removed
+
+
 def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON")
 
@@ -165,12 +247,17 @@ class ArtifactLibrary:
     def _load_file(self, json_path: Path):  # -> artifact with a .name
         raise NotImplementedError
 
-    def load_all(self) -> list[ArtifactError]:
-        """(Re)load every NAME.json in root; bad ones are skipped and returned, each with its reason."""
+    def load_all(self, sweep: bool = False) -> list[ArtifactError]:
+        """(Re)load every NAME.json in root; bad ones are skipped and returned, each with its reason.
+
+        sweep: first remove what killed writers left behind (a library this process writes to).
+        """
         loaded: dict[str, Any] = {}
         errors: list[ArtifactError] = []
         # held while scanning so an install or remove that lands meanwhile is not undone by the swap below
         with self._lock:
+            if sweep and os.access(self.root, os.W_OK):
+                sweep_leftovers(self.root)
             paths = sorted(self.root.glob("*" + self.JSON_SUFFIX)) if self.root.is_dir() else []
             for path in paths:
                 try:

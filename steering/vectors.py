@@ -26,14 +26,14 @@ from .artifacts import (
     ArtifactLibrary,
     FORMAT_VERSION,
     ArtifactError,
-    atomic_write,
+    check_pair,
+    commit_pair,
     check_finite,
     check_model_match,
     check_name,
     path_in_library,
     read_json,
     require_fields,
-    json_text,
     utc_now,
 )
 from .interventions import Intervention, Op, Scope
@@ -212,9 +212,7 @@ class SteeringVector:
         meta = dict(self.metadata)
         meta["name"] = self.name
         validate_vector(json_path, self.name, meta, self.directions, self.midpoints)
-        atomic_write(tensor_path, save(self._tensors()))
-        atomic_write(json_path, json_text(meta).encode("utf-8"))
-        self.metadata = meta
+        self.metadata = commit_pair(tensor_path, save(self._tensors()), json_path, meta)
         return json_path
 
     def _tensors(self) -> dict[str, np.ndarray]:
@@ -250,6 +248,7 @@ class SteeringVector:
             raise ArtifactError(json_path, f"name {name!r} does not match the file name {stem!r}")
         validate_vector(json_path, name, meta, directions, midpoints)
         check_expected(json_path, meta, fingerprint=fingerprint, hidden_size=hidden_size, num_layers=num_layers)
+        check_pair(json_path, meta, tensor_path, tensor_bytes)
         return cls(name=name, directions=directions, metadata=meta, midpoints=midpoints)
 
     def describe(self) -> dict:

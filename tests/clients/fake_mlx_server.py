@@ -157,15 +157,21 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(*_error(404, f"no route {self.path}", "not_found_error"))
         script = self.fake.script
         steer = _parse_steer(body, self.headers)
-        for s in steer:
+        # The real server's wording (test_clients_chat_real_server.py pins it there).
+        for i, s in enumerate(steer):
             if abs(s["alpha"]) > script.max_alpha:
-                return self._send(*_error(400, f"steer: |alpha| {abs(s['alpha'])} is above the limit {script.max_alpha}", "invalid_request_error", "steer"))
+                message = f"steer[{i}]: |alpha| must be at most {script.max_alpha:g} (--max-alpha), got {float(s['alpha'])!r}"
+                return self._send(*_error(400, message, "invalid_request_error", "steer"))
+        for s in steer:
             if s["vector"] not in script.vectors:
-                return self._send(*_error(400, f"steer: unknown steering vector '{s['vector']}'", "invalid_request_error", "steer", "unknown_vector"))
+                known = ", ".join(sorted(script.vectors))
+                message = f"unknown steering vector {s['vector']!r} (loaded: {known})"
+                return self._send(*_error(400, message, "invalid_request_error", "steer", "unknown_vector"))
         probes = _parse_probes(body, self.headers, script.probes)
         for name in probes:
             if name not in script.probes:
-                return self._send(*_error(400, f"probes: unknown probe '{name}'", "invalid_request_error", "probes", "unknown_probe"))
+                known = ", ".join(sorted(script.probes))
+                return self._send(*_error(400, f"unknown probe {name!r} (loaded: {known})", "invalid_request_error", "probes", "unknown_probe"))
         steering = {"applied": steer} if steer else None
         if body.get("stream"):
             return self._stream(body, probes, steering)

@@ -1,10 +1,11 @@
 """The studies' statistics on constructed inputs whose answers are known."""
 
 import math
+from fractions import Fraction
+from math import comb
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
 
 from mlx_interp.experiments import colour_swap, confound, contamination, sycophancy
 from mlx_interp.experiments.decoding import _common_prefix_length, kl_divergence
@@ -25,9 +26,17 @@ def test_wilson_interval_known_values():
     assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-3)
 
 
+def _upper_tail(k: int, n: int, p: Fraction) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed exactly (independent of scipy, which the code uses)."""
+    return float(sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+
+
 def test_swap_p_value_is_binomial_against_smoothed_random_rate():
+    # by hand: no random swaps in 2 gives the rate (0+1)/(2+2) = 1/4; P(X>=2 of 2) = 1/16, P(X>=1) = 7/16
+    assert colour_swap.swap_p_value(2, 2, 0, 2) == pytest.approx(1 / 16)
+    assert colour_swap.swap_p_value(1, 2, 0, 2) == pytest.approx(7 / 16)
     p = colour_swap.swap_p_value(30, 60, 0, 60)
-    assert p == pytest.approx(binomtest(30, 60, 1 / 62, alternative="greater").pvalue)
+    assert p == pytest.approx(_upper_tail(30, 60, Fraction(1, 62)), rel=1e-9)
     assert p < 1e-20
     # a vector no better than random is not significant
     assert colour_swap.swap_p_value(6, 60, 6, 60) > 0.3
@@ -76,7 +85,8 @@ def test_colour_summary_counts_known_swaps():
     assert e["kl_mean"] == pytest.approx(4.5)
     assert e["flipped"]["swap_rate"] == 0.0
     assert e["random"]["swaps"] == 1 and e["random"]["per_direction_max"] == 0.2 and e["random"]["per_direction_min"] == 0.0
-    assert e["p_value_vs_random"] == pytest.approx(binomtest(6, 10, 2 / 12, alternative="greater").pvalue)
+    # 6 swaps of 10 against the random rate (1 swap of 10, smoothed: 2/12)
+    assert e["p_value_vs_random"] == pytest.approx(_upper_tail(6, 10, Fraction(2, 12)), rel=1e-9)
     assert e["controls"]["contaminated"] == 1 and e["controls"]["contamination_rate"] == 0.5
 
 

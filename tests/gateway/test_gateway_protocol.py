@@ -6,8 +6,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import API_KEY
-from gateway_helpers import make_probe, make_vector, sse_events, validate
+from conftest import ADMIN_KEY, API_KEY
+from gateway_helpers import ServerProcess, make_probe, make_vector, sse_events, validate
 
 pytestmark = pytest.mark.server
 
@@ -244,7 +244,27 @@ def _upload_body(vector_or_probe, kind):
             "safetensors": base64.b64encode(save(tensors)).decode()}
 
 
-def test_hot_upload_of_good_and_bad_vectors_and_probes(client, admin, tiny_llama, tmp_path):
+@pytest.fixture()
+def upload_server(tiny_model_dirs, tmp_path):
+    """A server of its own with empty writable libraries: uploads and deletions never touch the
+    session server that the other tests list and use."""
+    server = ServerProcess(
+        "--model", str(tiny_model_dirs["llama"]),
+        "--vectors", str(tmp_path / "writable-vectors"),
+        "--probes", str(tmp_path / "writable-probes"),
+        "--api-key", API_KEY, "--admin-key", ADMIN_KEY,
+        env={"MLX_INTERP_HOME": str(tmp_path / "home")},
+    )
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as client, \
+                httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60) as admin:
+            yield client, admin
+    finally:
+        server.stop()
+
+
+def test_hot_upload_of_good_and_bad_vectors_and_probes(upload_server, tiny_llama, tmp_path):
+    client, admin = upload_server
     good = make_vector(tiny_llama, "uploaded", tmp_path / "v", seed=9)
     body = _upload_body(good, "vector")
     assert client.post("/v1/steering/vectors", json=body).status_code == 403  # API key is not the admin key

@@ -258,7 +258,6 @@ def test_a_failing_step_fails_every_job_in_it_even_one_that_just_finished(tiny_l
 def test_jobs_cancelled_while_queued_give_their_queue_places_back_at_once(tiny_llama):
     """With the batch busy, queued jobs whose clients left must not keep the queue full (429) until a slot opens."""
     import asyncio
-    import time
 
     from mlx_interp.gateway.engine import Engine
     from mlx_interp.gateway.events import Job
@@ -288,8 +287,7 @@ def test_jobs_cancelled_while_queued_give_their_queue_places_back_at_once(tiny_l
             engine.submit(Job(spec(4), loop, asyncio.Queue()))
         for job in queued:
             job.cancelled = True
-        deadline = time.monotonic() + 30
-        while engine.queue_depth and time.monotonic() < deadline:
+        while engine.queue_depth:  # never empties if cancelled jobs stayed queued: pytest-timeout fails it
             await asyncio.sleep(0.01)
         depth = engine.queue_depth
         engine.submit(Job(spec(4), loop, asyncio.Queue()))  # room again while the busy job still runs

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
 
 from mlx_interp.steering.analysis import (
     binomial_test,
@@ -79,9 +78,18 @@ def test_permutation_test_p_of_equal_samples_is_one():
     assert permutation_test(a, a.copy(), n_permutations=99) == 1.0
 
 
-@pytest.mark.parametrize("k, n, p, alternative", [(9, 10, 0.5, "greater"), (3, 20, 0.5, "less"), (7, 12, 0.3, "two-sided"), (0, 5, 0.5, "greater")])
-def test_binomial_test_matches_scipy(k, n, p, alternative):
-    assert binomial_test(k, n, p, alternative) == pytest.approx(binomtest(k, n, p, alternative=alternative).pvalue)
+# Exact values worked by hand (binomial_test wraps scipy, so comparing with scipy would test nothing).
+@pytest.mark.parametrize("k, n, p, alternative, expected", [
+    (9, 10, 0.5, "greater", 11 / 1024),           # C(10,9) + C(10,10) over 2^10
+    (3, 3, 0.5, "greater", 1 / 8),
+    (0, 3, 0.5, "less", 1 / 8),
+    (1, 4, 0.25, "greater", 1 - (3 / 4) ** 4),    # 175/256
+    (3, 20, 0.5, "less", (1 + 20 + 190 + 1140) / 2**20),
+    (0, 4, 0.5, "two-sided", 2 / 16),             # both tails as unlikely as 0 of 4: 0 and 4
+    (0, 5, 0.5, "greater", 1.0),
+])
+def test_binomial_test_exact_values(k, n, p, alternative, expected):
+    assert binomial_test(k, n, p, alternative) == pytest.approx(expected, rel=1e-12)
 
 
 def test_binomial_test_exact_value():
