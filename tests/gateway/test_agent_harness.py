@@ -54,3 +54,34 @@ def test_agent_calls_its_tool_and_every_turn_is_monitored(real, api, tmp_path):
     assert len(read_record(record)) == len(monitor.turns)
     # the answer turn saw the tool result in its input
     assert any("sunny" in str(m) for m in monitor.turns[-1].messages)
+
+
+ORDER = {
+    "type": "object",
+    "properties": {
+        "customer": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24}, "vip": {"type": "boolean"}},
+                     "required": ["name", "vip"], "additionalProperties": False},
+        "items": {"type": "array", "minItems": 1, "maxItems": 2, "items": {
+            "type": "object", "properties": {"product": {"type": "string", "enum": ["apple", "bread", "milk"]},
+                                             "quantity": {"type": "integer", "minimum": 1, "maximum": 9}},
+            "required": ["product", "quantity"], "additionalProperties": False}},
+        "delivery": {"type": "string", "enum": ["pickup", "courier"]},
+    },
+    "required": ["customer", "items", "delivery"],
+    "additionalProperties": False,
+}
+
+
+def test_the_default_model_answers_a_nested_json_schema_validly(real):
+    import json
+
+    import openai
+
+    client = openai.OpenAI(base_url=real.url + "/v1", api_key="unused", timeout=600, max_retries=0)
+    r = client.chat.completions.create(
+        model="default", max_tokens=120, temperature=0,
+        messages=[{"role": "user", "content": "Ana (a VIP) orders two apples and one bread for pickup. Write the order."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER, "strict": True}},
+    )
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].message.content), ORDER)
