@@ -79,8 +79,9 @@ def main(argv=None) -> int:
             result = {"batch1": {}, "batch4": {}}
             for name, extra in order:
                 n, tps = stream_once(server.url, args.tokens, EOS_BAN, extra)
-                if n != args.tokens:
-                    raise RuntimeError(f"{name}: {n} tokens streamed, expected {args.tokens}")
+                # a token whose text the detokenizer holds back streams no chunk of its own: count chunks, allow a few short
+                if n < args.tokens - 4:
+                    raise RuntimeError(f"{name}: {n} text chunks streamed, expected about {args.tokens}: it stopped early")
                 result["batch1"][name] = tps
                 result["batch4"][name] = batch4(server.url, args.tokens, extra)
             for b in rows:

@@ -1,7 +1,9 @@
 """Function tools: parsing `tools` / `tool_choice`, rendering them into the prompt, constraining and reading the calls.
 
-How tools reach a model whose chat template has no tool format (the default
-SmolLM2 has none), the "generic" format, documented in docs/structured-output.md:
+A template with its own tool format that mlx-lm names (json_tools family) renders
+the tools itself and frames the calls (tool_formats.JsonToolsFormat). How tools
+reach a model whose chat template has no tool format (the default SmolLM2 has
+none), the "generic" format, documented in docs/structured-output.md:
   - a system message lists the functions (name, description, JSON Schema of
     the parameters) and says: to call a function, reply with only
     {"name": ..., "arguments": {...}} (or a JSON array of such objects when
@@ -26,6 +28,9 @@ from dataclasses import dataclass
 from .constraints import Grammar, check_grammar, json_in_lark, lark_grammar, schema_grammar
 from .errors import BadRequest
 from .response_format import AnswerFormat, schema_size_check
+from .tool_formats import GenericFormat, JsonToolsFormat
+
+GENERIC = GenericFormat()
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CHOICES = ("auto", "none", "required")
@@ -177,8 +182,14 @@ def system_text(ts: ToolSet) -> str:
     return "\n".join(lines)
 
 
-def render(messages: list[dict], ts: ToolSet) -> list[dict]:
-    """Messages for the chat template: calls as JSON text, the tool list in the system message."""
+def render(messages: list[dict], ts: ToolSet, fmt=GENERIC) -> tuple[list[dict], list[dict] | None]:
+    """(messages, tools) for the chat template.
+
+    Generic format: calls as JSON text, the tool list in the system message, no tools argument.
+    A template with its own format gets the tools and the calls in the shape templates expect.
+    """
+    if fmt.template_renders_tools:
+        return _native(messages), ([_template_tool(t) for t in ts.tools] if ts.active else None)
     out = []
     for m in messages:
         m = dict(m)
@@ -193,6 +204,22 @@ def render(messages: list[dict], ts: ToolSet) -> list[dict]:
             out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + text}
         else:
             out.insert(0, {"role": "system", "content": text})
+    return out, None
+
+
+def _template_tool(t: Tool) -> dict:
+    return {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+
+
+def _native(messages: list[dict]) -> list[dict]:
+    out = []
+    for m in messages:
+        m = dict(m)
+        calls = m.pop("tool_calls", None)
+        if calls:
+            m["tool_calls"] = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                               for c in calls]
+        out.append(m)
     return out
 
 
@@ -216,16 +243,21 @@ def calls_schema(ts: ToolSet) -> dict:
     return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_PARALLEL_CALLS}]}
 
 
-def grammar(ts: ToolSet, answer: AnswerFormat | None) -> Grammar | None:
+def grammar(ts: ToolSet, answer: AnswerFormat | None, fmt=GENERIC) -> Grammar | None:
     """The whole answer's grammar, or None when tools do not constrain it (then response_format alone may)."""
     if not ts.active:
         return answer.grammar if answer is not None else None
-    calls = calls_schema(ts)
+    if isinstance(fmt, JsonToolsFormat):
+        single = ts.forced is not None or not ts.parallel
+        one = calls_schema(ToolSet(ts.tools, ts.choice, False, ts.forced))  # one call; the frame repeats it
+        calls = fmt.calls_rule(json_in_lark(one), parallel=not single)
+    else:
+        calls = GENERIC.calls_rule(json_in_lark(calls_schema(ts)), ts.parallel)
     if ts.choice in ("required", "function"):
-        return check_grammar(schema_grammar(calls), "tools", "tools")
+        return check_grammar(lark_grammar(f"start: calls\n{calls}\n"), "tools", "tools")
     # auto: calls, or an answer that cannot be mistaken for them
-    other = f"answer: {json_in_lark(answer.schema)}" if answer is not None else "answer: TEXT\nTEXT: /[^{\\[\\s](?s:.*)/"
-    lark = f"start: calls | answer\ncalls: {json_in_lark(calls)}\n{other}\n"
+    other = f"answer: {json_in_lark(answer.schema)}" if answer is not None else f"answer: TEXT\n{fmt.text_rule}"
+    lark = f"start: calls | answer\n{calls}\n{other}\n"
     return check_grammar(lark_grammar(lark), "tools", "tools")
 
 
@@ -237,24 +269,19 @@ class ToolOutput:
     """How a finished answer's text becomes tool calls."""
 
     tools: ToolSet
+    format: object = GENERIC
 
     def may_call(self, text_so_far: str) -> bool:
         """Whether an answer that starts like this may be calls (a stream holds such text back)."""
-        head = text_so_far.lstrip()[:1]
-        return self.tools.active and (head in ("{", "[") or self.tools.choice in ("required", "function"))
+        return self.tools.active and (self.format.may_call(text_so_far.lstrip()) or self.tools.choice in ("required", "function"))
 
     def split(self, text: str) -> tuple[str | None, list[dict]]:
         """(content, calls): calls as OpenAI tool_calls, arguments as JSON strings."""
         if not self.tools.active:
             return text, []
-        stripped = text.strip()
-        if stripped[:1] not in ("{", "["):
-            return text, []
-        try:
-            value = json.loads(stripped)
-        except json.JSONDecodeError:
-            return text, []  # cut off by max_tokens: the text as it is, finish_reason says length
-        items = value if isinstance(value, list) else [value]
+        items = self.format.items(text)
+        if items is None:
+            return text, []  # text, or calls cut off by max_tokens: the text as it is, finish_reason says length
         names = set(self.tools.names)
         if not items or not all(isinstance(c, dict) and set(c) == {"name", "arguments"} and c["name"] in names for c in items):
             return text, []  # a JSON answer (response_format), not calls

@@ -9,7 +9,7 @@ from .errors import BadRequest, NotFound
 from .limits import Limits
 from .presets import Preset
 from .protocol import CHAT, TEXT, ChoiceSpec, GenerationSpec
-from . import probe_spec, response_format, steer_spec, tools
+from . import probe_spec, response_format, steer_spec, tool_formats, tools
 from .sampling import SamplingParams
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -114,13 +114,14 @@ def _messages(body: dict, ctx: Context) -> list[dict]:
     return out
 
 
-def _chat_tokens(messages: list[dict], ctx: Context) -> list[int]:
+def _chat_tokens(messages: list[dict], ctx: Context, template_tools: list | None = None) -> list[int]:
     tok = ctx.tokenizer
     if not getattr(tok, "chat_template", None):
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return list(tok.encode(text))
     try:
-        ids = tok.apply_chat_template(messages, add_generation_prompt=messages[-1]["role"] != "assistant", tokenize=True)
+        extra = {"tools": template_tools} if template_tools else {}
+        ids = tok.apply_chat_template(messages, add_generation_prompt=messages[-1]["role"] != "assistant", tokenize=True, **extra)
     except Exception as exc:  # jinja templates raise their own errors for role orders they refuse
         raise BadRequest(f"messages do not fit the model's chat template: {str(exc)[:200]}", param="messages") from None
     if isinstance(ids, dict):  # some tokenizers return a BatchEncoding
@@ -233,6 +234,7 @@ def parse_request(body: dict, headers, kind: str, ctx: Context) -> GenerationSpe
         body.get("parallel_tool_calls"),
         flat=False,
     )
+    tool_format = tool_formats.for_tokenizer(ctx.tokenizer)
     if toolset.tools and kind != CHAT:
         raise BadRequest("tools are only supported on /v1/chat/completions and /v1/responses", param="tools")
     user = body.get("user")
@@ -282,7 +284,8 @@ def parse_request(body: dict, headers, kind: str, ctx: Context) -> GenerationSpe
     stop = _stop(body, limits)
 
     if kind == CHAT:
-        prompts, texts = [_chat_tokens(tools.render(_messages(body, ctx), toolset), ctx)], [""]
+        rendered, template_tools = tools.render(_messages(body, ctx), toolset, tool_format)
+        prompts, texts = [_chat_tokens(rendered, ctx, template_tools)], [""]
     else:
         prompts, texts = _prompts(body, ctx)
     for i, p in enumerate(prompts):
@@ -322,6 +325,6 @@ def parse_request(body: dict, headers, kind: str, ctx: Context) -> GenerationSpe
         echo=echo,
         prompt_texts=[texts[c.index // n] for c in choices],
         steering_applied=plan.applied,
-        grammar=tools.grammar(toolset, answer),
-        output=tools.ToolOutput(toolset) if toolset.active else None,
+        grammar=tools.grammar(toolset, answer, tool_format),
+        output=tools.ToolOutput(toolset, tool_format) if toolset.active else None,
     )

@@ -48,12 +48,13 @@ def test_rendering_puts_the_tools_in_the_system_message_and_calls_as_json():
         {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "get_weather", "arguments": {"city": "Rome"}}]},
         {"role": "tool", "content": "sunny", "tool_call_id": "c1"},
     ]
-    out = tools.render(history, ts)
+    out, template_tools = tools.render(history, ts)
+    assert template_tools is None
     assert out[0]["content"].startswith("Be brief.") and '"name":"get_weather"' in out[0]["content"]
     assert "JSON array" in out[0]["content"]  # parallel calls are on by default
     assert out[2] == {"role": "assistant", "content": '{"name":"get_weather","arguments":{"city":"Rome"}}'}
     assert out[3] == {"role": "tool", "content": "sunny"}
-    assert tools.render(history, _toolset("none"))[0] == {"role": "system", "content": "Be brief."}
+    assert tools.render(history, _toolset("none"))[0][0] == {"role": "system", "content": "Be brief."}
 
 
 def test_the_grammar_forbids_arrays_when_parallel_calls_are_off():
