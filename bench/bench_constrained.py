@@ -7,7 +7,9 @@ integers and nested arrays, so every step computes a structural mask).
 Batch 1: one streamed request, tok/s between its first and last token.
 Batch 4: four concurrent requests, all tokens over the round's wall time.
 Each repeat runs free then constrained or the other way round (alternating);
-the report gives each repeat's ratio and their median.
+the report gives each repeat's ratio and their median, for wall-clock tok/s
+and for tokens per CPU-second of the server process (/proc; the figure that
+survives a machine shared with other work).
 
 Run: python bench/bench_constrained.py [--tokens 48] [--repeats 3] [--json out.json]
 """
@@ -58,6 +60,19 @@ def batch4(url: str, tokens: int, extra: dict) -> float:
     return total / (time.perf_counter() - start)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): what a request cost, whatever else the machine runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, fn):
+    """(fn's result, server CPU seconds it took)."""
+    c0 = cpu_seconds(pid)
+    out = fn()
+    return out, cpu_seconds(pid) - c0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=48)
@@ -66,6 +81,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     port = free_port()
     server = Server([sys.executable, "-m", "mlx_interp.cli", "serve", "--port", str(port)], port)
+    pid = server.proc.pid
     rows = {"batch1": [], "batch4": []}
     load = [os.getloadavg()[0]]
     try:
@@ -77,26 +93,33 @@ def main(argv=None) -> int:
             if r % 2:
                 order.reverse()
             result = {"batch1": {}, "batch4": {}}
+            cpu = {"batch1": {}, "batch4": {}}
             for name, extra in order:
-                n, tps = stream_once(server.url, args.tokens, EOS_BAN, extra)
+                (n, tps), c1 = measured(pid, lambda: stream_once(server.url, args.tokens, EOS_BAN, extra))
                 # a token whose text the detokenizer holds back streams no chunk of its own: count chunks, allow a few short
                 if n < args.tokens - 4:
                     raise RuntimeError(f"{name}: {n} text chunks streamed, expected about {args.tokens}: it stopped early")
                 result["batch1"][name] = tps
-                result["batch4"][name] = batch4(server.url, args.tokens, extra)
+                cpu["batch1"][name] = args.tokens / c1
+                result["batch4"][name], c4 = measured(pid, lambda: batch4(server.url, args.tokens, extra))
+                cpu["batch4"][name] = 4 * args.tokens / c4
             for b in rows:
                 f, c = result[b]["free"], result[b]["constrained"]
-                rows[b].append({"free": f, "constrained": c, "ratio": c / f})
-                print(f"repeat {r} {b}: free {f:6.2f} tok/s  constrained {c:6.2f} tok/s  ratio {c / f:.3f}", flush=True)
+                fc, cc = cpu[b]["free"], cpu[b]["constrained"]
+                rows[b].append({"free": f, "constrained": c, "ratio": c / f, "free_per_cpu_s": fc, "constrained_per_cpu_s": cc, "cpu_ratio": cc / fc})
+                print(f"repeat {r} {b}: free {f:6.2f} tok/s  constrained {c:6.2f} tok/s  ratio {c / f:.3f} | "
+                      f"tokens per server CPU-second: free {fc:6.2f} constrained {cc:6.2f} ratio {cc / fc:.3f}", flush=True)
             load.append(os.getloadavg()[0])
     finally:
         server.stop()
     summary = {b: {"median_ratio": statistics.median(x["ratio"] for x in v),
+                   "median_cpu_ratio": statistics.median(x["cpu_ratio"] for x in v),
                    "median_free": statistics.median(x["free"] for x in v),
                    "median_constrained": statistics.median(x["constrained"] for x in v)} for b, v in rows.items()}
     for b, s in summary.items():
         print(f"{b}: free {s['median_free']:.2f} tok/s, constrained {s['median_constrained']:.2f} tok/s, "
-              f"median ratio {s['median_ratio']:.3f} (cost {100 * (1 - s['median_ratio']):.1f}%)")
+              f"median ratio {s['median_ratio']:.3f} (cost {100 * (1 - s['median_ratio']):.1f}%); "
+              f"per server CPU-second, median ratio {s['median_cpu_ratio']:.3f} (cost {100 * (1 - s['median_cpu_ratio']):.1f}%)")
     print(f"load average during the run: {min(load):.1f}-{max(load):.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"tokens": args.tokens, "rows": rows, "summary": summary, "load": load}, indent=1))
