@@ -90,7 +90,12 @@ class GrammarEngine:
             return self._tok
 
     def matcher(self, grammar: Grammar) -> "RowConstraint":
-        m = _ll().LLMatcher(self._tokenizer(), grammar.text, log_level=0)
+        try:
+            tokenizer = self._tokenizer()
+        except Exception as exc:  # noqa: BLE001 - e.g. a slow (non-Rust) tokenizer the engine cannot read
+            raise BadRequest(f"{grammar.source}: constrained decoding is not available for this model's tokenizer ({str(exc)[:200]})",
+                             param=grammar.source) from None
+        m = _ll().LLMatcher(tokenizer, grammar.text, log_level=0)
         if m.is_error():  # checked at validation; a tokenizer-specific failure still must not reach decoding
             raise BadRequest(f"{grammar.source}: the grammar cannot be used with this model: {m.get_error()[:300]}", param=grammar.source)
         return RowConstraint(m, self)
