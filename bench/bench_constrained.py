@@ -2,7 +2,7 @@
 
 Both kinds decode exactly --tokens tokens (greedy; the free one with the end
 of sequence banned, the constrained one under a JSON schema that cannot be
-completed in that many tokens: an array of at least 100 objects with enums,
+completed in that many tokens: an array of at least 8 objects with enums,
 integers and nested arrays, so every step computes a structural mask).
 Batch 1: one streamed request, tok/s between its first and last token.
 Batch 4: four concurrent requests, all tokens over the round's wall time.
@@ -12,6 +12,7 @@ and for tokens per CPU-second of the server process (/proc; the figure that
 survives a machine shared with other work).
 
 Run: python bench/bench_constrained.py [--tokens 48] [--repeats 3] [--json out.json]
+     python bench/bench_constrained.py --in-process   # the decode step alone, no HTTP
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ ITEM = {
     "required": ["name", "kind", "count", "tags"],
     "additionalProperties": False,
 }
-SCHEMA = {"type": "array", "items": ITEM, "minItems": 100}
+SCHEMA = {"type": "array", "items": ITEM, "minItems": 8}  # at least ~150 tokens: never complete in a run
 CONSTRAINED = {"response_format": {"type": "json_schema", "json_schema": {"name": "items", "schema": SCHEMA, "strict": True}}}
 
 
@@ -73,12 +74,85 @@ def measured(pid: int, fn):
     return out, cpu_seconds(pid) - c0
 
 
+def in_process(tokens: int, repeats: int) -> dict:
+    """The engine's decode step without HTTP: free and constrained runs of `tokens` steps, alternating, in one process.
+
+    Both sides read every step's tokens back (as the server does); the
+    constrained side also fills the grammar masks, applies them and feeds the
+    tokens to the matchers. Returns per batch size the per-repeat ratios.
+    """
+    import mlx.core as mx
+
+    from mlx_interp.gateway import constraints
+    from mlx_interp.steering.generation import steering_session
+    from mlx_interp.steering.model import load_model
+
+    lm = load_model("default", progress=False)
+    prompt = list(lm.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True))
+    engine = constraints.GrammarEngine(lm.tokenizer, lm.model.args.vocab_size)
+    grammar = constraints.check_grammar(constraints.schema_grammar(SCHEMA), "bench", "response_format")
+    eos = list(lm.tokenizer.eos_token_ids)
+
+    def pick(logits, rows):
+        if rows is not None:
+            logits = constraints.apply_masks(logits, constraints.bitmasks(rows), engine)
+        else:
+            logits[:, eos] = -mx.inf  # the free side never stops either
+        out = mx.argmax(logits, axis=-1).tolist()
+        for row, t in zip(rows or (), out):
+            row.consume(t)
+        return out
+
+    results = {}
+    with steering_session(lm, capture_layers=None) as batch:
+        def run(B: int, constrained: bool) -> float:
+            uids = [object() for _ in range(B)]
+            firsts = []
+            for uid in uids:
+                pre = batch.prefill(prompt, ())
+                batch.add(uid, pre)
+                firsts.append(pre.logits)
+            rows = [engine.matcher(grammar) for _ in uids] if constrained else None
+            toks = pick(mx.stack(firsts), rows)
+            start = time.perf_counter()
+            for _ in range(tokens):
+                logits, _ = batch.step(toks, capture=False)
+                toks = pick(logits, rows)
+            elapsed = time.perf_counter() - start
+            batch.remove(uids)
+            return B * tokens / elapsed
+
+        run(1, True)  # warm: the grammar engine's tokenizer, first masks
+        for B in (1, 4):
+            rows = []
+            for r in range(repeats):
+                order = (False, True) if r % 2 == 0 else (True, False)
+                got = {c: run(B, c) for c in order}
+                rows.append({"free": got[False], "constrained": got[True], "ratio": got[True] / got[False]})
+                print(f"in-process batch {B} repeat {r}: free {got[False]:6.2f} tok/s  constrained {got[True]:6.2f} tok/s  "
+                      f"ratio {got[True] / got[False]:.3f}", flush=True)
+            results[f"batch{B}"] = rows
+    return results
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json")
+    ap.add_argument("--in-process", action="store_true", help="time the decode step in this process instead of through the server")
     args = ap.parse_args(argv)
+    if args.in_process:
+        load = [os.getloadavg()[0]]
+        rows = in_process(args.tokens, args.repeats)
+        load.append(os.getloadavg()[0])
+        for b, v in rows.items():
+            print(f"{b}: median ratio {statistics.median(x['ratio'] for x in v):.3f} over {len(v)} repeats "
+                  f"(free median {statistics.median(x['free'] for x in v):.2f} tok/s)")
+        print(f"load average: {load[0]:.1f} at the start, {load[1]:.1f} at the end")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"tokens": args.tokens, "in_process": rows, "load": load}, indent=1))
+        return 0
     port = free_port()
     server = Server([sys.executable, "-m", "mlx_interp.cli", "serve", "--port", str(port)], port)
     pid = server.proc.pid
