@@ -116,10 +116,9 @@ class ServiceSpec:
 
     def environment(self) -> dict[str, str]:
         """Variables that are not secret (the key is in `secrets()`)."""
+        # Model, host and port are on the command line (program_arguments); nothing reads
+        # them from the environment, so the unit does not repeat them there.
         env = {
-            "MLX_INTERP_MODEL": self.model,
-            "MLX_INTERP_HOST": self.host,
-            "MLX_INTERP_PORT": str(self.port),
             "PYTHONUNBUFFERED": "1",  # log lines reach the log as they happen
         }
         env.update({k: v for k, v in self.extra_environment if not is_secret_name(k)})

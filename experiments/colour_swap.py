@@ -13,7 +13,7 @@ distribution, and how often the answer names no colour at all.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np

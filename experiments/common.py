@@ -10,18 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_interp import paths
 from mlx_interp.steering.artifacts import dataset_hash, utc_now
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENT_DATA = ROOT / "experiments" / "data"
+EXPERIMENT_DATA = paths.EXPERIMENT_DATA
 COLOUR_QUESTIONS = EXPERIMENT_DATA / "colour_questions.jsonl"
 COLOUR_CONTROLS = EXPERIMENT_DATA / "colour_controls.jsonl"
 CONTAMINATION = EXPERIMENT_DATA / "contamination.jsonl"
-GREEN_RED_PAIRS = ROOT / "steering" / "data" / "green_red.jsonl"
-SYCOPHANCY = ROOT / "probes" / "data" / "sycophancy.jsonl"
-CONFOUND = ROOT / "probes" / "data" / "confound.jsonl"
-VECTOR_LIBRARY = ROOT / "steering" / "library"
-PROBE_LIBRARY = ROOT / "probes" / "library"
+GREEN_RED_PAIRS = paths.STEERING_DATA / "green_red.jsonl"
+SYCOPHANCY = paths.PROBE_DATA / "sycophancy.jsonl"
+CONFOUND = paths.PROBE_DATA / "confound.jsonl"
+VECTOR_LIBRARY = paths.SHIPPED_VECTORS
+PROBE_LIBRARY = paths.SHIPPED_PROBES
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -13,10 +13,12 @@ import json
 import random
 from pathlib import Path
 
+from mlx_interp import paths
+
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENT_DATA = ROOT / "experiments" / "data"
-STEERING_DATA = ROOT / "steering" / "data"
-PROBE_DATA = ROOT / "probes" / "data"
+EXPERIMENT_DATA = paths.EXPERIMENT_DATA
+STEERING_DATA = paths.STEERING_DATA
+PROBE_DATA = paths.PROBE_DATA
 SEED = 20251127
 
 # --------------------------------------------------------------------------- colour

@@ -6,6 +6,7 @@ import base64
 import binascii
 import contextlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -20,14 +21,22 @@ from mlx_interp.steering.artifacts import ArtifactError, check_name
 
 from . import auth
 from .catalog import ReadOnlyArtifact
-from .errors import APIError, BadRequest, Conflict, NotFound, Unavailable, Unprocessable, error_response, starlette_handler
-from .jsonio import JSONResponse, read_json_object
+from .errors import APIError, BadRequest, Conflict, NotFound, Unavailable, Unprocessable
+from .jsonio import JSONResponse, error_response, read_json_object, starlette_handler
 from .limits import Limits
 from .metrics import Metrics
 from .protocol import CHAT, TEXT, model_object, now
 from . import responses_api
 from .responder import Run, SSEResponse, wait_for_response
 from .validation import Context, parse_request
+
+if TYPE_CHECKING:
+    from mlx_interp.probes.probe import Probe
+    from mlx_interp.steering.model import LoadedModel
+    from mlx_interp.steering.vectors import SteeringVector
+
+    from .catalog import Shelf
+    from .engine import Engine
 
 UPLOAD_FIELDS = {"name", "metadata", "safetensors"}
 CLIENT_GONE = 499  # nginx's convention; the client never sees it, /metrics does
@@ -37,10 +46,10 @@ CLIENT_GONE = 499  # nginx's convention; the client never sees it, /metrics does
 class Gateway:
     """Everything the routes share: the model's engine, the libraries, the limits and keys."""
 
-    lm: object
-    engine: object
-    vectors: object  # catalog.Shelf of steering vectors
-    probes: object  # catalog.Shelf of probes
+    lm: LoadedModel
+    engine: Engine
+    vectors: Shelf[SteeringVector]
+    probes: Shelf[Probe]
     limits: Limits
     keys: auth.Keys = field(default_factory=auth.Keys)
     presets: dict = field(default_factory=dict)

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from mlx_interp import paths
 from mlx_interp.steering.artifacts import ArtifactError
 
 T = TypeVar("T")
 
-SHIPPED_VECTORS = Path(__file__).resolve().parents[1] / "steering" / "library"
-SHIPPED_PROBES = Path(__file__).resolve().parents[1] / "probes" / "library"
-DEFAULT_WRITABLE = Path("~/.cache/mlx-interp/library").expanduser()
+SHIPPED_VECTORS = paths.SHIPPED_VECTORS
+SHIPPED_PROBES = paths.SHIPPED_PROBES
 
 
 class ReadOnlyArtifact(Exception):
@@ -75,12 +75,13 @@ class Shelf(Generic[T]):
 
 
 def build_shelves(lm, vector_dirs, probe_dirs, writable_root: Path | None = None):
-    """(vector shelf, probe shelf) for the loaded model; uploads go to the first user dir or the cache."""
+    """(vector shelf, probe shelf) for the loaded model; uploads go to the first user dir, else the user's library
+    (paths.user_library(): $MLX_INTERP_HOME/library), never into the package."""
     from mlx_interp.probes.probe import ProbeLibrary
     from mlx_interp.steering.vectors import VectorLibrary
 
     facts = {"fingerprint": lm.fingerprint, "hidden_size": lm.hidden_size, "num_layers": lm.num_layers}
-    root = writable_root or DEFAULT_WRITABLE
+    root = writable_root or paths.user_library()
 
     def shelf(cls, user_dirs, shipped, sub):
         dirs = [Path(d).expanduser() for d in user_dirs] or [root / sub]

@@ -108,14 +108,3 @@ def as_api_error(exc: BaseException) -> APIError:
         return cls(str(exc.detail))
     log.error("internal error", exc_info=(type(exc), exc, exc.__traceback__))
     return ServerError("the server hit an internal error while handling this request")
-
-
-def error_response(exc: BaseException):
-    from .jsonio import JSONResponse
-
-    err = as_api_error(exc)
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-
-async def starlette_handler(request, exc):
-    return error_response(exc)

@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from .errors import BadRequest, PayloadTooLarge
+from .errors import BadRequest, PayloadTooLarge, as_api_error
 
 
 def _refuse_constant(token: str):
@@ -71,3 +71,14 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
+
+
+# The error body goes out through the strict encoder too. It lives here, not in
+# errors.py, so that errors.py imports nothing of the gateway (no import loop).
+def error_response(exc: BaseException) -> JSONResponse:
+    err = as_api_error(exc)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+async def starlette_handler(request, exc) -> JSONResponse:
+    return error_response(exc)

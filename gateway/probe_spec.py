@@ -17,23 +17,9 @@ import numpy as np
 
 from .errors import BadRequest
 from .limits import Limits
+from .protocol import ProbeRequest  # noqa: F401  (defined with the other wire shapes; imported from here too)
 
 OPTION_KEYS = {"per_token", "threshold"}
-
-
-@dataclass(frozen=True)
-class ProbeRequest:
-    probe: object  # probes.probe.Probe
-    per_token: bool = False
-    threshold: float | None = None  # None: the probe's own
-
-    @property
-    def name(self) -> str:
-        return self.probe.name
-
-    @property
-    def effective_threshold(self) -> float:
-        return self.threshold if self.threshold is not None else self.probe.threshold
 
 
 def _options(name: str, opts) -> tuple[bool, float | None]:

@@ -2,6 +2,10 @@
 
 Extension fields (api.md sections 3-4): top-level "steering" and per-choice
 "probes". Everything else follows OpenAI's published schema.
+
+The bottom layer of the gateway: the parsers (validation, steer_spec,
+probe_spec) and the sampler build these shapes, so this module imports none of
+them.
 """
 
 from __future__ import annotations
@@ -9,14 +13,52 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mlx_interp.steering.interventions import Intervention
 
-from .probe_spec import ProbeRequest
-from .sampling import SamplingParams
+if TYPE_CHECKING:
+    from mlx_interp.probes.probe import Probe
 
 CHAT = "chat"
 TEXT = "text"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One choice's sampling settings (gateway/sampling.py turns them into a RowSampler)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """One probe a request reads (gateway/probe_spec.py parses the `probes` field into these)."""
+
+    probe: Probe
+    per_token: bool = False
+    threshold: float | None = None  # None: the probe's own
+
+    @property
+    def name(self) -> str:
+        return self.probe.name
+
+    @property
+    def effective_threshold(self) -> float:
+        return self.threshold if self.threshold is not None else self.probe.threshold
 
 
 @dataclass(frozen=True)

@@ -13,23 +13,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
-    min_p: float = 0.0
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    logprobs: bool = False
-    top_logprobs: int = 0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+from .protocol import SamplingParams  # noqa: F401  (defined with the other wire shapes; imported from here too)
 
 
 class RowSampler:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadRequest, NotFound
 from .limits import Limits
@@ -11,6 +12,12 @@ from .presets import Preset
 from .protocol import CHAT, TEXT, ChoiceSpec, GenerationSpec
 from . import probe_spec, response_format, steer_spec, tool_formats, tools
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from mlx_interp.probes.probe import Probe
+    from mlx_interp.steering.vectors import SteeringVector
+
+    from .catalog import Shelf
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 # functions / function_call are the deprecated forms of tools / tool_choice: use those.
@@ -22,12 +29,12 @@ SEED_RANGE = (-(2**63), 2**64 - 1)
 class Context:
     """What validation needs from the server: the model's facts, the libraries and the limits."""
 
-    tokenizer: object
+    tokenizer: Any  # the model's tokenizer (mlx-lm's TokenizerWrapper, or any with encode/apply_chat_template)
     vocab_size: int
     model_ids: tuple[str, ...]  # ids that name the base model ("default", the real id)
-    presets: dict  # name -> Preset
-    vectors: object  # catalog.Shelf
-    probes: object
+    presets: dict[str, Preset]
+    vectors: Shelf[SteeringVector]
+    probes: Shelf[Probe]
     limits: Limits
 
 
@@ -115,18 +122,12 @@ def _messages(body: dict, ctx: Context) -> list[dict]:
 
 
 def _chat_tokens(messages: list[dict], ctx: Context, template_tools: list | None = None) -> list[int]:
-    tok = ctx.tokenizer
-    if not getattr(tok, "chat_template", None):
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return list(tok.encode(text))
+    from mlx_interp.steering.chat_template import render_chat  # the rendering capture and training use too
+
     try:
-        extra = {"tools": template_tools} if template_tools else {}
-        ids = tok.apply_chat_template(messages, add_generation_prompt=messages[-1]["role"] != "assistant", tokenize=True, **extra)
+        return render_chat(ctx.tokenizer, messages, tools=template_tools)
     except Exception as exc:  # jinja templates raise their own errors for role orders they refuse
         raise BadRequest(f"messages do not fit the model's chat template: {str(exc)[:200]}", param="messages") from None
-    if isinstance(ids, dict):  # some tokenizers return a BatchEncoding
-        ids = ids["input_ids"]
-    return [int(t) for t in ids]
 
 
 def _prompts(body: dict, ctx: Context) -> tuple[list[list[int]], list[str]]:

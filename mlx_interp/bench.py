@@ -1,30 +1,18 @@
 """`mlx-interp bench`: the core benchmark (prompt and decode throughput, steering and capture costs).
 
-The measurement lives in bench/bench_core.py, next to its README and numbers;
-this module only wires it into the console script.
+The measurement lives in mlx_interp/bench_core.py (installed with the package, so
+this works from a wheel); bench/README.md has its numbers. This module only wires
+it into the console script.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_core.py"
-
 
 def load_bench_core():
-    """bench/bench_core.py as a module (it is a script in the source tree, not an installed package)."""
-    if not BENCH_SCRIPT.is_file():
-        raise FileNotFoundError(f"the benchmark script {BENCH_SCRIPT} is missing; `mlx-interp bench` runs from a source checkout")
-    name = "mlx_interp_bench_core"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark module (imported only when the command runs: it is not needed for --help)."""
+    from mlx_interp import bench_core
+
+    return bench_core
 
 
 def register(subparsers) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-LIBRARY_DIR = Path(__file__).resolve().parent / "library"  # probes shipped with the package
+from mlx_interp import paths
+
+LIBRARY_DIR = paths.SHIPPED_PROBES  # probes shipped with the package (read-only); trained ones go to paths.user_probes()
 SHOWN_FIELDS = (
     "labels", "method", "best_layer", "aggregation", "threshold", "threshold_fpr", "threshold_fpr_achieved",
     "threshold_tpr", "position", "model_id", "model_fingerprint", "hidden_size", "num_layers", "n_examples",
@@ -34,11 +36,11 @@ def register(subparsers) -> None:
     train.add_argument("--C", type=float, default=1.0, dest="C", help="inverse L2 strength of the logistic regression")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--description", default="")
-    train.add_argument("--out", default=str(LIBRARY_DIR), help=f"folder to save into (default: {LIBRARY_DIR})")
+    train.add_argument("--out", default=None, help="folder to save into (default: the user's library, $MLX_INTERP_HOME/library/probes)")
     train.set_defaults(func=cmd_train)
 
     lst = sub.add_parser("list", help="list the probes of a folder")
-    lst.add_argument("dir", nargs="?", default=str(LIBRARY_DIR), help=f"probe folder (default: {LIBRARY_DIR})")
+    lst.add_argument("dir", nargs="?", default=None, help="probe folder (default: the user's library, $MLX_INTERP_HOME/library/probes, and the shipped one)")
     lst.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="show a probe's metadata and per-layer quality")
@@ -61,8 +63,10 @@ def resolve_probe_path(spec: str) -> Path:
     json_path, _ = artifact_paths(path)
     if json_path.exists():
         return json_path
-    if path.parent == Path(".") and (LIBRARY_DIR / f"{spec}.json").exists():
-        return LIBRARY_DIR / f"{spec}.json"
+    if path.parent == Path("."):  # a bare name: the user's library first, then the shipped one
+        for library in (paths.user_probes(), LIBRARY_DIR):
+            if (library / f"{spec}.json").exists():
+                return library / f"{spec}.json"
     raise FileNotFoundError(f"probe not found: {spec} (no {json_path}, and no shipped probe of that name)")
 
 
@@ -98,7 +102,7 @@ def cmd_train(args) -> int:
         f"(achieved {meta['threshold_fpr_achieved']:.3f}, TPR {meta['threshold_tpr']:.3f}); "
         f"labels {probe.labels[0]!r} (0) / {probe.labels[1]!r} (1)"
     )
-    path = probe.save(args.out)
+    path = probe.save(args.out or paths.user_probes())
     print(f"saved {path}")
     return 0
 
@@ -106,14 +110,22 @@ def cmd_train(args) -> int:
 def cmd_list(args) -> int:
     from .probe import ProbeLibrary
 
-    root = Path(args.dir)
-    if not root.exists() and root != LIBRARY_DIR:  # the shipped folder may simply not have been filled
-        raise FileNotFoundError(f"probe folder not found: {root}")
-    library = ProbeLibrary(root)
-    errors = library.load_all()
-    rows = library.describe()
+    if args.dir is not None:
+        roots = [Path(args.dir)]
+        if not roots[0].exists():
+            raise FileNotFoundError(f"probe folder not found: {roots[0]}")
+    else:  # as `serve` and `score` look names up: the user's library first, then the shipped one
+        roots = [r for r in (paths.user_probes(), LIBRARY_DIR) if r.exists()]
+    found: dict[str, dict] = {}
+    errors = []
+    for root in roots:
+        library = ProbeLibrary(root)
+        errors.extend(library.load_all())
+        for r in library.describe():
+            found.setdefault(r["name"], r)
+    rows = [found[n] for n in sorted(found)]
     if not rows and not errors:
-        print(f"no probes in {root}")
+        print(f"no probes in {' or '.join(str(r) for r in roots) or LIBRARY_DIR}")
     if rows:
         print(f"{'name':24} {'method':10} {'labels':28} {'best':>4} {'AUROC':>6} {'thresh':>7}  model")
         for r in rows:

@@ -13,7 +13,6 @@ reason instead of failing at the first request.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from mlx_interp.steering.artifacts import (
     ArtifactError,
     check_pair,
     commit_pair,
+    content_sha256,
     check_finite,
     check_model_match,
     check_name,
@@ -85,9 +85,9 @@ class Probe:
 
     @property
     def sha256(self) -> str:
-        """sha256 of the tensor file's bytes (the same bytes `save` writes)."""
+        """Identity: artifacts.content_sha256 of the tensors (the same meaning as a vector's)."""
         if self._sha256 is None:
-            self._sha256 = hashlib.sha256(self.tensor_bytes()).hexdigest()
+            self._sha256 = content_sha256(self.tensors())
         return self._sha256
 
     def tensors(self) -> dict[str, np.ndarray]:
@@ -207,7 +207,6 @@ class Probe:
         tensor_path = path_in_library(directory, self.name, TENSOR_SUFFIX)
         data = self.tensor_bytes()
         self.metadata = commit_pair(tensor_path, data, json_path, self.metadata)
-        self._sha256 = hashlib.sha256(data).hexdigest()
         return json_path
 
     @classmethod
@@ -236,7 +235,6 @@ class Probe:
         probe = probe_from_bytes(tensor_path, data, meta)
         probe.validate(json_path, fingerprint=fingerprint, hidden_size=hidden_size, num_layers=num_layers)
         check_pair(json_path, meta, tensor_path, data)
-        probe._sha256 = hashlib.sha256(data).hexdigest()
         return probe
 
     def describe(self) -> dict:

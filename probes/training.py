@@ -457,16 +457,11 @@ def binary_labels(values: Sequence, positive_label=None, *, source: str = "data"
 def row_tokens(lm, row: dict, chat: bool = False) -> list[int]:
     """Token ids of one labelled row: chat-templated messages, or text (as a user turn if chat)."""
     from mlx_interp.steering.capture import encode
+    from mlx_interp.steering.chat_template import render_chat
 
     if "messages" not in row:
         return encode(lm, row["text"], chat=chat)
-    messages = row["messages"]
-    ids = lm.tokenizer.apply_chat_template(
-        messages, add_generation_prompt=messages[-1]["role"] != "assistant", tokenize=True
-    )
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return [int(t) for t in ids]
+    return render_chat(lm.tokenizer, row["messages"])  # exactly what the server renders for these messages
 
 
 def train_probe_from_jsonl(

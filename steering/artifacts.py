@@ -14,12 +14,60 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 FORMAT_VERSION = 1
+
+
+def content_sha256(tensors: Mapping[str, np.ndarray]) -> str:
+    """An artifact's identity, the `sha256` of vectors and probes alike: a hash of what the tensors hold.
+
+    Over each tensor in name order: its name, dtype, shape and little-endian bytes.
+    It does not depend on how a file was serialised (the safetensors header, key
+    order), so a vector or probe keeps its sha256 through save, load, upload and
+    re-export. (The `tensors_sha256` metadata field is different: the bytes of the
+    tensor file, checked when a pair is loaded; see commit_pair.)
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        array = np.asarray(tensors[name])
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        h.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+@runtime_checkable
+class Artifact(Protocol):
+    """What steering vectors and probes share: NAME.safetensors + NAME.json in a library folder."""
+
+    name: str
+    metadata: dict
+
+    @property
+    def sha256(self) -> str:
+        """content_sha256 of tensors()."""
+        ...
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The arrays written to NAME.safetensors."""
+        ...
+
+    def validate(self, path: str | Path | None = None, *, fingerprint: str | None = None,
+                 hidden_size: int | None = None, num_layers: int | None = None) -> None:
+        """ArtifactError(path, reason) unless usable (with that model, when its facts are given)."""
+        ...
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the pair into directory (tensors first, JSON last, each atomically); the JSON's path."""
+        ...
+
+    def describe(self) -> dict:
+        """A JSON-safe summary with name and sha256 (what the server and the CLI list)."""
+        ...
 
 
 class ArtifactError(ValueError):

@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .chat_template import render_chat, user_turn
 from .hooks import layer_hooks
 from .interventions import Intervention, Phase, RowSteering
 
@@ -62,12 +63,9 @@ def encode(lm, text: str | Sequence[int], chat: bool = False, system: str | None
     """Token ids for a prompt: raw text, chat-templated user turn, or ids passed through."""
     if not isinstance(text, str):
         return [int(t) for t in text]
-    tok = lm.tokenizer
-    if chat and getattr(tok, "chat_template", None):
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-        return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-    ids = tok.encode(text)
-    return list(ids)
+    if chat:  # the same rendering as the server's (chat_template.render_chat)
+        return render_chat(lm.tokenizer, user_turn(text, system), add_generation_prompt=True)
+    return list(lm.tokenizer.encode(text))
 
 
 def capture_hidden_states(

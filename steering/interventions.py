@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 
 class Op(str, Enum):
@@ -78,7 +81,7 @@ class Intervention:
 
 @dataclass
 class _AddTerm:
-    delta: object  # mx.array (B, 1, D): sum of alpha·v over rows' add interventions
+    delta: mx.array  # (B, 1, D): sum of alpha·v over rows' add interventions
     _cast: dict = field(default_factory=dict)  # dtype -> delta in that dtype, made once
 
     def delta_as(self, dtype):
@@ -92,9 +95,9 @@ class _AddTerm:
 
 @dataclass
 class _ProjTerm:
-    unit: object  # mx.array (D,) float32
-    a: object  # mx.array (B, 1, 1)
-    b: object  # mx.array (B, 1, 1)
+    unit: mx.array  # (D,) float32
+    a: mx.array  # (B, 1, 1)
+    b: mx.array  # (B, 1, 1)
 
 
 @dataclass

@@ -89,7 +89,6 @@ def _hub_model_path(repo_id: str) -> Path:
 def load_model(spec: str = "default", dtype: str | None = None, progress: bool = True) -> LoadedModel:
     """Load `spec` in the compute dtype chosen for this backend (see backend.resolve_dtype)."""
     import mlx.core as mx
-    import mlx.nn as nn
     from mlx_lm.utils import dequantize_model, load
 
     model_id, path = resolve_model_path(spec, progress=progress)

@@ -14,7 +14,6 @@ save, so a vector that exists in memory always satisfies the same rules.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from .artifacts import (
     ArtifactError,
     check_pair,
     commit_pair,
+    content_sha256,
     check_finite,
     check_model_match,
     check_name,
@@ -128,19 +128,11 @@ class SteeringVector:
 
     @property
     def sha256(self) -> str:
-        """Identity of the direction content: shape and float32 bytes of directions (and midpoints)."""
+        """Identity: artifacts.content_sha256 of the tensors (directions, and midpoints when present)."""
         cached = self.__dict__.get("_sha256")
         if cached is not None and cached[0] is self.directions and cached[1] is self.midpoints:
             return cached[2]
-        h = hashlib.sha256()
-        directions = np.ascontiguousarray(self.directions, dtype="<f4")
-        h.update(f"directions{directions.shape}".encode())
-        h.update(directions.tobytes())
-        if self.midpoints is not None:
-            midpoints = np.ascontiguousarray(self.midpoints, dtype="<f4")
-            h.update(f"midpoints{midpoints.shape}".encode())
-            h.update(midpoints.tobytes())
-        digest = h.hexdigest()
+        digest = content_sha256(self.tensors())
         self.__dict__["_sha256"] = (self.directions, self.midpoints, digest)
         return digest
 
@@ -212,10 +204,17 @@ class SteeringVector:
         meta = dict(self.metadata)
         meta["name"] = self.name
         validate_vector(json_path, self.name, meta, self.directions, self.midpoints)
-        self.metadata = commit_pair(tensor_path, save(self._tensors()), json_path, meta)
+        self.metadata = commit_pair(tensor_path, save(self.tensors()), json_path, meta)
         return json_path
 
-    def _tensors(self) -> dict[str, np.ndarray]:
+    def validate(self, path: str | Path | None = None, *, fingerprint: str | None = None,
+                 hidden_size: int | None = None, num_layers: int | None = None) -> None:
+        """ArtifactError(path, reason) unless this vector is usable (with that model, when its facts are given)."""
+        where = path if path is not None else f"<vector {self.name!r}>"
+        validate_vector(where, self.name, {**self.metadata, "name": self.name}, self.directions, self.midpoints)
+        check_expected(where, self.metadata, fingerprint=fingerprint, hidden_size=hidden_size, num_layers=num_layers)
+
+    def tensors(self) -> dict[str, np.ndarray]:
         tensors = {DIRECTIONS_KEY: np.ascontiguousarray(self.directions, dtype=np.float32)}
         if self.midpoints is not None:
             tensors[MIDPOINTS_KEY] = np.ascontiguousarray(self.midpoints, dtype=np.float32)

@@ -63,8 +63,9 @@ def test_plist_has_the_keys_launchd_needs(tmp_path):
     assert data["StandardErrorPath"] == str(tmp_path / "Library/Logs/mlx-interp/server.err.log")
     assert data["WorkingDirectory"] == "/home/u"
     env = data["EnvironmentVariables"]
-    assert env["MLX_INTERP_MODEL"] == "mlx-community/Qwen2.5-7B-Instruct-4bit"
-    assert env["MLX_INTERP_PORT"] == "8123"
+    # settings travel as arguments only: no variable that nothing reads
+    assert not {"MLX_INTERP_MODEL", "MLX_INTERP_HOST", "MLX_INTERP_PORT"} & set(env)
+    assert env["PYTHONUNBUFFERED"] == "1"
     assert env["MLX_INTERP_API_KEY"] == "k-123"
     assert "k-123" not in data["ProgramArguments"]  # never on the command line (ps shows it)
     masked = plistlib.loads(launchd.render_plist(spec(api_key="k-123"), tmp_path, mask_secrets=True))
@@ -81,8 +82,8 @@ def test_unit_has_sections_and_exec_start(tmp_path):
     assert values(service, "Restart") == ["on-failure"]
     assert values(service, "RestartSec") == ["10"]
     env = dict(v.partition("=")[::2] for v in values(service, "Environment"))
-    assert env["MLX_INTERP_MODEL"] == "mlx-community/Qwen2.5-7B-Instruct-4bit"
-    assert env["MLX_INTERP_PORT"] == "8123" and env["MLX_INTERP_CACHE"] == "/data/m"
+    assert not {"MLX_INTERP_MODEL", "MLX_INTERP_HOST", "MLX_INTERP_PORT"} & set(env)
+    assert env["MLX_INTERP_CACHE"] == "/data/m"
     assert "MLX_INTERP_API_KEY" not in env and "k-123" not in text  # the key is in the private env file
     assert values(service, "EnvironmentFile") == [str(tmp_path / ".config/mlx-interp/service.env")]
     assert values(unit["Install"], "WantedBy") == ["default.target"]

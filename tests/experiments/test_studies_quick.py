@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from mlx_interp.experiments.cli import quick_configs, run_study

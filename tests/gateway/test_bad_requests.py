@@ -33,7 +33,7 @@ def text(**fields):
 @dataclass
 class Case:
     id: str
-    body: object  # dict/list/str -> JSON; bytes -> sent as is; None -> no body
+    body: dict | list | str | bytes | None  # dict/list/str -> JSON; bytes -> sent as is; None -> no body
     status: int
     param: str | None = None  # expected error.param, when it matters
     path: str = CHAT_PATH

@@ -8,7 +8,7 @@ from safetensors.numpy import load_file, save_file
 
 from probe_factory import build_probe
 from mlx_interp.probes.probe import Probe
-from mlx_interp.steering.artifacts import ArtifactError, file_sha256
+from mlx_interp.steering.artifacts import ArtifactError, content_sha256
 
 
 def test_round_trip_keeps_tensors_metadata_and_sha(tmp_path, make_probe):
@@ -24,7 +24,7 @@ def test_round_trip_keeps_tensors_metadata_and_sha(tmp_path, make_probe):
     assert loaded.metadata == json.loads(json_path.read_text())
     assert loaded.best_layer == 3 and loaded.threshold == 0.7 and loaded.aggregation == "mean"
     assert loaded.labels == ["honest", "sycophantic"]
-    assert loaded.sha256 == probe.sha256 == file_sha256(tmp_path / "demo.safetensors")
+    assert loaded.sha256 == probe.sha256 == content_sha256(loaded.tensors())
     # the safetensors file and the bare stem name the same artifact
     assert Probe.load(tmp_path / "demo.safetensors").sha256 == loaded.sha256
     assert Probe.load(tmp_path / "demo").sha256 == loaded.sha256

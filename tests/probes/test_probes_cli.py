@@ -67,6 +67,24 @@ def test_diff_means_and_mean_position(tmp_path, tiny_model_dirs, labelled, capsy
     assert probe.labels == ["food", "weather"]  # string labels without --positive-label: later in sorted order
 
 
+def test_train_without_out_goes_to_the_users_library_never_the_package(tmp_path, tiny_model_dirs, labelled, monkeypatch, capsys):
+    from mlx_interp import paths
+
+    monkeypatch.setenv("MLX_INTERP_HOME", str(tmp_path / "home"))
+    shipped_before = sorted(p.name for p in paths.SHIPPED_PROBES.iterdir())
+    rc = main(["probes", "train", "--data", str(labelled), "--name", "mine", "--model", str(tiny_model_dirs["llama"]),
+               "--positive-label", "food", "--folds", "2"])
+    assert rc == 0
+    assert Probe.load(tmp_path / "home" / "library" / "probes" / "mine.json").name == "mine"
+    assert sorted(p.name for p in paths.SHIPPED_PROBES.iterdir()) == shipped_before
+    capsys.readouterr()
+    assert main(["probes", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "mine" in listed and "sycophancy" in listed  # the user's library and the shipped one
+    assert main(["probes", "show", "mine"]) == 0
+    assert "mine" in capsys.readouterr().out
+
+
 def test_chat_rows_use_the_template(tiny_llama):
     from mlx_interp.probes.training import row_tokens
 
@@ -113,6 +131,6 @@ def test_list_empty_folder_and_refused_files(tmp_path, make_probe, capsys):
     assert "ok" in out and "refused" in out and "broken.json" in out
 
 
-def test_default_library_lists_without_error(capsys):
+def test_default_library_lists_the_shipped_probe(capsys):
     assert main(["probes", "list"]) == 0
-    assert capsys.readouterr().out.strip()
+    assert "sycophancy" in capsys.readouterr().out

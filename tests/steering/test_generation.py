@@ -1,6 +1,5 @@
 """DecodeBatch and generate(): scopes, per-row steering in one batch, rows joining and leaving."""
 
-import mlx.core as mx
 import numpy as np
 import pytest
 

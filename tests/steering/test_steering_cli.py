@@ -79,8 +79,12 @@ def test_list_reports_broken_files(tmp_path, capsys):
     assert "no vectors" in captured.out and "bad.json" in captured.err
 
 
-def test_list_of_the_shipped_library_works_when_empty_or_not(capsys):
+def test_list_without_a_directory_shows_the_shipped_vector(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLX_INTERP_HOME", str(tmp_path / "empty-home"))  # no user library yet
     assert main(["vectors", "list"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[:4] == ["NAME", "LAYERS", "ALPHA", "METHOD"]
+    assert any(row.split()[0] == "green_red" for row in rows[1:])
 
 
 def test_gguf_export_import_round_trip(built, tmp_path, capsys):
@@ -158,19 +162,23 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys):
     assert message in line
 
 
-def test_default_directory_is_the_shipped_library(built, tmp_path, monkeypatch, capsys):
-    """build without --out writes where generate, list and show look without a directory."""
-    import mlx_interp.steering.cli
+def test_default_directory_is_the_users_library(built, tmp_path, monkeypatch, capsys):
+    """build without --out writes into $MLX_INTERP_HOME (never the package), where generate, list and show look."""
+    from mlx_interp import paths
 
     model, _ = built
-    monkeypatch.setattr(steering.cli, "SHIPPED_LIBRARY", tmp_path / "library")
+    monkeypatch.setenv("MLX_INTERP_HOME", str(tmp_path / "home"))
+    before = sorted(p.name for p in paths.SHIPPED_VECTORS.iterdir())
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
-    assert main(["vectors", "build", "--pairs", str(pairs), "--name", "shipped", "--model", model]) == 0
-    assert (tmp_path / "library" / "shipped.json").exists()
+    assert main(["vectors", "build", "--pairs", str(pairs), "--name", "mine", "--model", model]) == 0
+    assert (tmp_path / "home" / "library" / "vectors" / "mine.json").exists()
+    assert sorted(p.name for p in paths.SHIPPED_VECTORS.iterdir()) == before
+    capsys.readouterr()
     assert main(["vectors", "list"]) == 0
-    assert "shipped" in capsys.readouterr().out
-    assert main(["vectors", "show", "shipped"]) == 0
-    assert json.loads(capsys.readouterr().out)["name"] == "shipped"
-    assert main(["generate", "--model", model, "--prompt", "Hi", "--steer", "shipped", "--max-tokens", "2"]) == 0
-    assert "steered: shipped" in capsys.readouterr().err
+    listed = capsys.readouterr().out
+    assert "mine" in listed and "green_red" in listed  # the user's and the shipped library
+    assert main(["vectors", "show", "mine"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "mine"
+    assert main(["generate", "--model", model, "--prompt", "Hi", "--steer", "mine", "--max-tokens", "2"]) == 0
+    assert "steered: mine" in capsys.readouterr().err
