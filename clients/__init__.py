@@ -5,7 +5,9 @@
 - `probe_scores`, `steering_applied`, `ProbeResult`, `AppliedSteer`: read them back
   from responses and stream chunks.
 - `MlxInterpClient`: `openai.OpenAI` with steering and probes as arguments.
-- `clients.monitor`: watch an agent's streamed replies and raise or call back on a probe alarm.
+- `clients.monitor`: watch an agent's streamed replies and raise or call back on a probe alarm;
+  `ServerGuard` rules run inside the server's decode loop instead (stop, steer, cap), and
+  `guard_fired` reads back what fired.
 """
 
 from __future__ import annotations
@@ -13,28 +15,34 @@ from __future__ import annotations
 from .errors import ServerError
 from .extensions import (
     ProbeRequest,
+    ServerGuard,
     Steer,
     extension_body,
+    guard_json,
     parse_steer_text,
     probes_body,
     probes_header,
     steer_body,
     steer_header,
 )
-from .readers import AppliedSteer, ProbeResult, chunk_text, probe_scores, steering_applied
+from .readers import AppliedSteer, GuardFired, ProbeResult, chunk_text, guard_fired, probe_scores, steering_applied
 
 __all__ = [
     "AlarmRule",
     "AppliedSteer",
+    "GuardFired",
     "MlxInterpClient",
     "Monitor",
     "ProbeAlarm",
     "ProbeRequest",
     "ProbeResult",
     "ServerError",
+    "ServerGuard",
     "Steer",
     "chunk_text",
     "extension_body",
+    "guard_fired",
+    "guard_json",
     "parse_steer_text",
     "probe_scores",
     "probes_body",

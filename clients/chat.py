@@ -216,8 +216,27 @@ class ChatSession:
         if self.steer:
             body["steer"] = steer_json(self.steer)
         if self.probes:
-            body["probes"] = {name: {"per_token": True} for name in self.probes}
+            live = self._read_per_token()
+            body["probes"] = {name: ({"per_token": True} if name in live else {}) for name in self.probes}
         return body
+
+    def _read_per_token(self) -> set[str]:
+        """The chosen probes the server reads per token (trained at `token`); others give one score per reply.
+
+        Asking a prompt_last or answer_end probe for per-token scores is a 400,
+        so the server's listing decides; it is fetched once per choice of probes.
+        """
+        key = tuple(self.probes)
+        cached = getattr(self, "_per_token_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            positions = {item.get("name"): item.get("position", "token") for item in self.client.probes()}
+        except ServerError:
+            positions = {}
+        live = {n for n in self.probes if positions.get(n, "token") == "token"}
+        self._per_token_cache = (key, live)
+        return live
 
     def send(self, text: str, reply: Reply) -> Iterator[tuple[str, dict[str, float]]]:
         """Send a user message; yields (text delta, this token's scores) while filling `reply`.

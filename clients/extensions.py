@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence, Union
 
-OPS = ("add", "reflect", "ablate", "clamp")
+OPS = ("add", "reflect", "ablate", "clamp", "cap")
+GUARD_ACTIONS = ("stop", "steer", "cap")
 SCOPES = ("all", "prompt", "generation")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -42,7 +43,7 @@ class Steer:
 
     `layers`: None (the vector's recommended layers), "all", a range "8-16" or a
     list of layer indices. `alpha` may be a list with one value per choice when n > 1.
-    `value` is the target projection for op="clamp".
+    `value` is the target projection for op="clamp" (the largest one allowed for op="cap").
     """
 
     vector: str
@@ -106,6 +107,62 @@ class ProbeRequest:
         if self.threshold is not None:
             out["threshold"] = float(self.threshold)
         return out
+
+
+@dataclass(frozen=True)
+class ServerGuard:
+    """A guard rule the server runs inside its decode loop (api.md section 4b).
+
+    It holds when `probe` scores at or above `above` for `for_tokens` tokens in a
+    row; then `then` happens: "stop" ends the reply (finish_reason
+    "content_filter"), "steer" applies `steer` from the next token on, "cap" caps
+    the projection on `vector` at `max` while the rule holds.
+    """
+
+    probe: str
+    above: float
+    then: str = "stop"
+    for_tokens: int = 1
+    steer: "SteerLike | None" = None
+    vector: str | None = None
+    max: float | None = None
+    layers: Layers = None
+
+    def __post_init__(self):
+        _check_name(self.probe, "probe")
+        above = _check_number(self.above, "above")
+        if not 0.0 <= above <= 1.0:
+            raise ValueError(f"above must be a probability in [0, 1], got {self.above!r}")
+        if isinstance(self.for_tokens, bool) or not isinstance(self.for_tokens, int) or self.for_tokens < 1:
+            raise ValueError(f"for_tokens must be a whole number >= 1, got {self.for_tokens!r}")
+        if self.then not in GUARD_ACTIONS:
+            raise ValueError(f"then must be one of {', '.join(GUARD_ACTIONS)}, got {self.then!r}")
+        if (self.then == "steer") != (self.steer is not None):
+            raise ValueError("steer goes with then='steer' (and only with it)")
+        if (self.then == "cap") != (self.vector is not None and self.max is not None):
+            raise ValueError("vector and max go with then='cap' (and only with it)")
+        if self.vector is not None:
+            _check_name(self.vector, "vector")
+            _check_number(self.max, "max")
+
+    def to_json(self) -> dict:
+        out: dict = {"probe": self.probe, "above": float(self.above), "for_tokens": self.for_tokens, "then": self.then}
+        if self.then == "steer":
+            out["steer"] = steer_json(self.steer)
+        if self.then == "cap":
+            out.update(vector=self.vector, max=float(self.max))
+            if self.layers is not None:
+                out["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)
+        return out
+
+    def describe(self) -> str:
+        run = f" for {self.for_tokens} tokens" if self.for_tokens > 1 else ""
+        return f"server guard: {self.probe} >= {self.above:g}{run} -> {self.then}"
+
+
+def guard_json(guards: "Iterable[ServerGuard]") -> list[dict]:
+    """The `guard` body field for these rules."""
+    return [g.to_json() for g in guards]
 
 
 SteerLike = Union[Steer, Mapping[str, float], Iterable[Steer]]

@@ -12,6 +12,20 @@ A rule fires when its probe's per-token score stays at or above the threshold fo
 the monitor calls `on_alarm(alarm)`, and with `raise_on_alarm=True` stops the
 stream and raises `ProbeAlarm`. Every turn (also one stopped by an alarm) is
 appended to the JSONL record: messages, text, per-token scores, aggregates, alarms.
+
+The monitor can also rely on the server's own guards (api.md section 4b):
+
+    monitor = Monitor(client, guards=[ServerGuard("sycophancy", 0.9, then="stop")], on_guard=print)
+
+Those rules run inside the server's decode loop, so a "stop" ends the reply at
+the token that crossed (finish_reason "content_filter") and a "steer" changes
+the very next tokens, which a client-side rule, one network hop behind, cannot
+do. What the server reports as fired lands in `turn.guard_fired` (and
+`on_guard`), next to the monitor's own alarms, which keep working alongside.
+
+A probe read per token (position "token") is scored live; a probe read once
+(`prompt_last`, `answer_end`) has one score per reply, in the final chunk, and
+a local rule on it is judged on that score.
 """
 
 from __future__ import annotations
@@ -24,8 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .extensions import ProbeRequest, SteerLike, steer_json
-from .readers import chunk_text, finish_reason, probe_scores, steering_applied
+from .extensions import ProbeRequest, ServerGuard, SteerLike, guard_json, steer_json
+from .positions import ProbePositions
+from .readers import GuardFired, chunk_text, finish_reason, guard_fired, probe_scores, steering_applied
+
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,7 @@ class TokenEvent:
     token_index: int | None
     scores: dict[str, float]
     alarms: list[Alarm] = field(default_factory=list)
+    guard: list[GuardFired] = field(default_factory=list)  # server guard rules that fired on this chunk
 
 
 @dataclass
@@ -111,6 +128,8 @@ class TurnRecord:
     started: float = field(default_factory=time.time)
     seconds: float = 0.0
     stopped_by_alarm: bool = False
+    guard_fired: list[GuardFired] = field(default_factory=list)
+    stopped_by_guard: bool = False  # the server ended the reply (finish_reason "content_filter")
 
     def to_json(self) -> dict:
         return {
@@ -126,6 +145,8 @@ class TurnRecord:
             "alarms": [a.to_json() for a in self.alarms],
             "steering": self.steering,
             "stopped_by_alarm": self.stopped_by_alarm,
+            "guard_fired": [asdict(f) for f in self.guard_fired],
+            "stopped_by_guard": self.stopped_by_guard,
         }
 
 
@@ -158,8 +179,10 @@ class Monitor:
     """Streams chat turns through a client, scoring every token with the rules' probes.
 
     `client` is an `MlxInterpClient` (anything with its `stream_chat`). `probes`
-    adds probes to record without rules. `messages` is the conversation so far;
-    `say()` extends it, `stream()` runs a turn on messages you pass.
+    adds probes to record without rules. `guards` are rules the server runs
+    itself (`ServerGuard`); `on_guard` is called with each one that fired.
+    `messages` is the conversation so far; `say()` extends it, `stream()` runs a
+    turn on messages you pass.
     """
 
     def __init__(
@@ -173,6 +196,8 @@ class Monitor:
         record: str | Path | None = None,
         on_alarm: Callable[[Alarm], None] | None = None,
         raise_on_alarm: bool = False,
+        guards: Iterable[ServerGuard] = (),
+        on_guard: Callable[[GuardFired], None] | None = None,
         messages: list[dict] | None = None,
         conversation_id: str | None = None,
         **request_options: Any,
@@ -181,8 +206,11 @@ class Monitor:
         self.rules = list(rules)
         names = [r.probe for r in self.rules] + [p for p in probes]
         self.probe_names = list(dict.fromkeys(names))
-        if not self.probe_names:
-            raise ValueError("a monitor needs at least one probe (a rule or probes=[...])")
+        self.guards = list(guards)
+        if not self.probe_names and not self.guards:
+            raise ValueError("a monitor needs at least one probe (a rule, probes=[...]) or a server guard")
+        self.on_guard = on_guard
+        self._positions = ProbePositions(client)
         self.model = model
         self.steer = steer_json(steer) if steer else None
         self.record_path = Path(record) if record is not None else None
@@ -198,11 +226,16 @@ class Monitor:
         return [a for t in self.turns for a in t.alarms]
 
     def _probe_request(self) -> dict:
-        return {name: {"per_token": True} for name in self.probe_names}
+        # per_token only where the probe has a reading per token: asking it of another is a 400
+        return self._positions.request(self.probe_names)
 
     def request_body(self) -> dict:
-        """The `extra_body` a monitored request needs: per-token probes (and the monitor's steering)."""
-        body: dict = {"probes": self._probe_request()}
+        """The `extra_body` a monitored request needs: its probes, server guards and steering."""
+        body: dict = {}
+        if self.probe_names:
+            body["probes"] = self._probe_request()
+        if self.guards:
+            body["guard"] = guard_json(self.guards)
         if self.steer:
             body["steer"] = self.steer
         return body
@@ -231,28 +264,35 @@ class Monitor:
                 reason = finish_reason(chunk)
                 if reason:
                     turn.finish_reason = reason
+                    turn.stopped_by_guard = reason == "content_filter"
+                fired = guard_fired(chunk)
+                for f in fired:
+                    turn.guard_fired.append(f)
+                    if self.on_guard is not None:
+                        self.on_guard(f)
                 token_scores: dict[str, float] = {}
                 for name, result in probe_scores(chunk).items():
                     if result.is_aggregate:
                         turn.aggregates[name] = result.raw
                     elif result.score is not None:
                         token_scores[name] = result.score
-                event = TokenEvent(text=text, token_index=None, scores=token_scores)
+                event = TokenEvent(text=text, token_index=None, scores=token_scores, guard=fired)
                 if token_scores:
                     event.token_index = token_index
                     for name in self.probe_names:
                         turn.per_token.setdefault(name, []).append(token_scores.get(name))
                     event.alarms = self._check(states, token_scores, turn, token_index)
                     token_index += 1
-                if text or token_scores:
+                if text or token_scores or fired:
                     yield event
                 if event.alarms and self.raise_on_alarm:
                     turn.stopped_by_alarm = True
                     pending = ProbeAlarm(event.alarms[0], turn)
                     break
-            if pending is None and token_index == 0:
-                # no live token scores came: judge the rules on the final per_token lists
-                self._check_aggregates(states, turn)
+            if pending is None:
+                # rules whose probe had no live scores: judge them on the final results
+                live = {name for name, scores in turn.per_token.items() if any(v is not None for v in scores)}
+                self._check_aggregates([st for st in states if st.rule.probe not in live], turn)
                 if turn.alarms and self.raise_on_alarm:
                     pending = ProbeAlarm(turn.alarms[0], turn)
         except GeneratorExit:
@@ -283,13 +323,21 @@ class Monitor:
         return fired
 
     def _check_aggregates(self, states: list[_RuleState], turn: TurnRecord) -> None:
-        for name, data in turn.aggregates.items():
+        """Judge rules on the final results: their per_token list if any, else the one score."""
+        if not states:
+            return
+        readings: dict[str, list[float | None]] = {}
+        for state in states:
+            data = turn.aggregates.get(state.rule.probe) or {}
             per_token = data.get("per_token")
-            if isinstance(per_token, list) and name not in turn.per_token:
-                turn.per_token[name] = [float(v) if isinstance(v, (int, float)) else None for v in per_token]
-        length = max((len(v) for v in turn.per_token.values()), default=0)
+            if isinstance(per_token, list):
+                readings[state.rule.probe] = [float(v) if isinstance(v, (int, float)) else None for v in per_token]
+                turn.per_token[state.rule.probe] = readings[state.rule.probe]
+            elif isinstance(data.get("score"), (int, float)):
+                readings[state.rule.probe] = [float(data["score"])]  # a probe read once per reply
+        length = max((len(v) for v in readings.values()), default=0)
         for index in range(length):
-            scores = {n: v[index] for n, v in turn.per_token.items() if index < len(v) and v[index] is not None}
+            scores = {n: v[index] for n, v in readings.items() if index < len(v) and v[index] is not None}
             self._check(states, scores, turn, index)
 
     def observe(self, response: Any, messages: list[dict]) -> "TurnRecord":

@@ -106,11 +106,16 @@ class AppliedSteer:
     layers: list[int] | str | None = None
     scope: str | None = None
     sha256: str | None = None
+    per_layer_alpha: float | list[float] | None = None  # the coefficient added at each steered layer
+    warnings: list[str] = field(default_factory=list)  # e.g. alpha beyond the vector's coherent range
 
     @classmethod
     def from_json(cls, data: dict) -> "AppliedSteer":
         alpha = data.get("alpha")
         alpha = _numbers(alpha) if isinstance(alpha, list) else _number(alpha)
+        per_layer = data.get("per_layer_alpha")
+        per_layer = _numbers(per_layer) if isinstance(per_layer, list) else _number(per_layer)
+        warnings = data.get("warnings")
         return cls(
             vector=str(data.get("vector")),
             alpha=alpha,
@@ -118,6 +123,8 @@ class AppliedSteer:
             layers=data.get("layers"),
             scope=data.get("scope"),
             sha256=data.get("sha256"),
+            per_layer_alpha=per_layer,
+            warnings=[str(w) for w in warnings] if isinstance(warnings, list) else [],
         )
 
 
@@ -140,6 +147,39 @@ def steering_applied(response: Any) -> list[AppliedSteer]:
     if not isinstance(applied, list):
         return []
     return [AppliedSteer.from_json(entry) for entry in applied if isinstance(entry, dict)]
+
+
+@dataclass(frozen=True)
+class GuardFired:
+    """A server guard rule that fired (api.md section 4b): which rule, on which token, what it did.
+
+    `token_index` is None for a rule judged on the prompt (a prompt_last probe).
+    """
+
+    rule: int
+    token_index: int | None
+    score: float | None
+    action: str
+
+    @classmethod
+    def from_json(cls, data: dict) -> "GuardFired":
+        index = data.get("token_index")
+        return cls(
+            rule=int(data.get("rule", -1)),
+            token_index=int(index) if isinstance(index, int) and not isinstance(index, bool) else None,
+            score=_number(data.get("score")),
+            action=str(data.get("action")),
+        )
+
+
+def guard_fired(obj: Any, index: int = 0) -> list[GuardFired]:
+    """The guard rules that fired: in a whole response all of them, in a stream chunk those of that chunk."""
+    choice = _choice(obj, index)
+    guard = extra_field(choice, "guard") if choice is not None else None
+    fired = extra_field(guard, "fired") if guard is not None else None
+    if not isinstance(fired, list):
+        return []
+    return [GuardFired.from_json(f) for f in fired if isinstance(f, dict)]
 
 
 def chunk_text(chunk: Any, index: int = 0) -> str:

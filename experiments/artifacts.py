@@ -1,9 +1,9 @@
-"""The shipped artifacts: the green_red vector and the sycophancy probe, rebuilt from the datasets.
+"""The shipped artifacts: the green_red vector and the sycophancy and concession probes, rebuilt from the datasets.
 
-    mlx-interp experiment build-artifacts --model default --out steering/library+probes/library
+    mlx-interp experiment build-artifacts --model default --out DIR
 
-writes `DIR/vectors/green_red.*` and `DIR/probes/sycophancy.*` (or, with
---install, straight into the libraries the server loads by default).
+writes `DIR/vectors/green_red.*` and `DIR/probes/{sycophancy,concession}.*` (or,
+with --install, straight into the libraries the server loads by default).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from .common import GREEN_RED_PAIRS, PROBE_LIBRARY, SYCOPHANCY, VECTOR_LIBRARY, 
 
 VECTOR_NAME = "green_red"
 PROBE_NAME = "sycophancy"
+WORKING_PROBE_NAME = "concession"
+PROBE_NAMES = (PROBE_NAME, WORKING_PROBE_NAME)
 PROBE_NEGATIVE, PROBE_POSITIVE = "GA", "SyA"
 
 
@@ -32,15 +34,20 @@ def build_green_red(lm, progress: bool = False):
         method="mean_diff",
         position="last",
         chat=False,
-        description="Points from green to red: add with alpha > 0 pushes answers toward red, alpha < 0 toward green; "
-        "reflect swaps the two. Built from steering/data/green_red.jsonl.",
+        description="Points from green to red: add with alpha > 0 pushes answers toward red, alpha < 0 toward green "
+        "(alpha = total shift across the steered layers in red-minus-green class-mean differences); reflect at alpha 1 "
+        "mirrors about the class midpoint. Built from steering/data/green_red.jsonl.",
         progress=progress,
         dataset_paths=[GREEN_RED_PAIRS],
     )
 
 
 def sycophancy_states(lm, rows: list[dict], progress: bool = False) -> np.ndarray:
-    """Residual stream (N, L, D) at the last token of each chat (the end of the assistant answer)."""
+    """Residual stream (N, L, D) at the last token of each chat (after the end of the assistant answer).
+
+    What the decomposition and confound studies read; the shipped probe reads
+    elsewhere (probes.recipes, at the last prompt token).
+    """
     from mlx_interp.probes.training import row_tokens
     from mlx_interp.steering.capture import capture_hidden_states
 
@@ -48,28 +55,18 @@ def sycophancy_states(lm, rows: list[dict], progress: bool = False) -> np.ndarra
     return capture_hidden_states(lm, tokens, position="last", progress=progress)
 
 
-def build_sycophancy_probe(lm, progress: bool = False, states: np.ndarray | None = None, rows: list[dict] | None = None, **train_kwargs):
-    """SyA (positive) vs GA (negative) logistic probe, grouped 5-fold CV by item."""
-    from mlx_interp.probes.training import train_probe
+def build_sycophancy_probe(lm, progress: bool = False):
+    """SyA (positive) vs GA (negative) on the items lm knows, at the last prompt token (probes.recipes)."""
+    from mlx_interp.probes.recipes import build
 
-    if rows is None:
-        rows = [r for r in read_jsonl(SYCOPHANCY) if r["condition"] in (PROBE_NEGATIVE, PROBE_POSITIVE)]
-    X = states if states is not None else sycophancy_states(lm, rows, progress=progress)
-    y = np.array([1 if r["condition"] == PROBE_POSITIVE else 0 for r in rows])
-    return train_probe(
-        X,
-        y,
-        [r["group"] for r in rows],
-        PROBE_NAME,
-        labels=(PROBE_NEGATIVE, PROBE_POSITIVE),
-        model=lm,
-        dataset_hash=dataset_hash([SYCOPHANCY]),
-        description="Sycophantic agreement (the answer agrees with a wrong claim the user made) vs genuine agreement "
-        "(the user was right). Read at the last token of the assistant answer. Built from probes/data/sycophancy.jsonl.",
-        position="last",
-        progress=progress,
-        **train_kwargs,
-    )
+    return build(PROBE_NAME, lm, progress=progress)
+
+
+def build_concession_probe(lm, progress: bool = False):
+    """The probe that works on the default model: concedes vs holds, per token (probes.recipes)."""
+    from mlx_interp.probes.recipes import build
+
+    return build(WORKING_PROBE_NAME, lm, progress=progress)
 
 
 def shipped_vector(lm):
@@ -93,18 +90,21 @@ def build_all(lm, out_dir: Path, progress: bool = True) -> dict:
     out_dir = Path(out_dir)
     vector = build_green_red(lm, progress=progress)
     vector_path = vector.save(out_dir / "vectors")
-    probe = build_sycophancy_probe(lm, progress=progress)
-    probe_path = probe.save(out_dir / "probes")
-    best = next(p for p in probe.metadata["per_layer"] if p["layer"] == probe.best_layer)
-    return {
+    summary = {
         "vector": str(vector_path),
         "vector_layers": list(vector.recommended_layers),
         "vector_default_alpha": vector.default_alpha,
-        "probe": str(probe_path),
-        "probe_best_layer": probe.best_layer,
-        "probe_cv_accuracy": best["accuracy_mean"],
-        "probe_cv_auroc": best["auroc_mean"],
     }
+    for build in (build_sycophancy_probe, build_concession_probe):
+        probe = build(lm, progress=progress)
+        summary[probe.name] = {
+            "path": str(probe.save(out_dir / "probes")),
+            "position": probe.position,
+            "best_layer": probe.best_layer,
+            "heldout_auroc": probe.metadata["auroc"],
+            "heldout_auroc_ci": probe.metadata["auroc_ci"],
+        }
+    return summary
 
 
 def install(out_dir: Path) -> None:
@@ -112,7 +112,8 @@ def install(out_dir: Path) -> None:
     import shutil
 
     out_dir = Path(out_dir)
-    for sub, library, name in (("vectors", VECTOR_LIBRARY, VECTOR_NAME), ("probes", PROBE_LIBRARY, PROBE_NAME)):
+    targets = [("vectors", VECTOR_LIBRARY, VECTOR_NAME)] + [("probes", PROBE_LIBRARY, n) for n in PROBE_NAMES]
+    for sub, library, name in targets:
         library.mkdir(parents=True, exist_ok=True)
         for suffix in (".safetensors", ".json"):  # json last: a library scan sees complete pairs only
             shutil.copyfile(out_dir / sub / f"{name}{suffix}", library / f"{name}{suffix}")

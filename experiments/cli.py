@@ -40,7 +40,8 @@ def quick_configs(seed: int = 0) -> dict:
 
     return {
         "colour-swap": ColourConfig(add_alphas=(1.0, 2.0), reflect_alphas=(1.0,), n_random=3, max_questions=12, max_controls=4, seed=seed),
-        "sycophancy": SycophancyConfig(max_items=10, folds=3, n_shuffles=1, n_permutations=5, n_bootstrap=100, seed=seed),
+        "sycophancy": SycophancyConfig(max_items=10, folds=3, n_shuffles=1, n_permutations=5, n_bootstrap=100, seed=seed,
+                                       knowledge=False),
         "confound": ConfoundConfig(max_items=10, folds=3, n_bootstrap=100, seed=seed),
         "contamination": ContaminationConfig(max_prompts_per_domain=2, n_bootstrap=200, seed=seed),
     }

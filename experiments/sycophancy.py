@@ -1,5 +1,9 @@
 """Study 2: sycophancy is not one thing — separate probes for agreement, praise and correctness.
 
+Then, with `knowledge` on (experiments.sycophancy_knowledge): which facts the
+model knows (log-probability of the right vs the wrong answer), and SyA vs GA
+on the known items at the read positions the literature uses.
+
 Six contrasts between the four conditions (SyA, GA, SyPr, neutral), each with
 per-layer grouped 5-fold CV (groups = items, so no item is on both sides of a
 fold), shuffled-label baselines, bootstrap CIs, and a permutation p-value at
@@ -37,6 +41,7 @@ class SycophancyConfig:
     n_permutations: int = 100  # for the p-value at each contrast's best layer
     n_bootstrap: int = 1000
     seed: int = 0
+    knowledge: bool = True  # the knowledge check and the read-position study (sycophancy_knowledge)
 
 
 def select_items(rows: list[dict], max_items: int | None) -> list[dict]:
@@ -141,6 +146,10 @@ def run(lm, out_dir: Path | None = None, config: SycophancyConfig = SycophancyCo
         "notes": "best_layer is chosen on the same CV scores it reports (optimistic by the max over layers); "
         "the permutation p-value is computed at that layer only.",
     }
+    if config.knowledge:
+        from . import sycophancy_knowledge
+
+        result["knowledge_and_positions"] = sycophancy_knowledge.run(lm, rows, config, progress=progress)
     if out_dir is not None:
         from .common import write_results
         from .plotting import plot_sycophancy

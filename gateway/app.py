@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from mlx_interp.steering.artifacts import ArtifactError, check_name
 
-from . import auth
+from . import auth, playground
 from .catalog import ReadOnlyArtifact
 from .errors import APIError, BadRequest, Conflict, NotFound, Unavailable, Unprocessable
 from .jsonio import JSONResponse, error_response, read_json_object, starlette_handler
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 UPLOAD_FIELDS = {"name", "metadata", "safetensors"}
+# No key needed: /health, and the playground's static files (their API calls carry the key).
+PUBLIC_PATHS = auth.OPEN_PATHS | playground.PUBLIC_PATHS
 CLIENT_GONE = 499  # nginx's convention; the client never sees it, /metrics does
 
 
@@ -88,7 +90,7 @@ class Guard:
             await send(message)
 
         try:
-            if scope["path"] not in auth.OPEN_PATHS:
+            if scope["path"] not in PUBLIC_PATHS:
                 try:
                     auth.check_api(self.gw.keys, Headers(scope=scope))
                 except APIError as exc:
@@ -141,7 +143,7 @@ def _models(gw: Gateway) -> list[dict]:
     facts = {"fingerprint": gw.lm.fingerprint, "hidden_size": gw.lm.hidden_size, "num_layers": gw.lm.num_layers}
     base = [model_object(m, gw.created, root=gw.lm.model_id, **facts) for m in gw.model_ids]
     presets = [
-        model_object(p.name, gw.created, root=gw.lm.model_id, preset={"steer": p.steer, "probes": p.probes, "description": p.description})
+        model_object(p.name, gw.created, root=gw.lm.model_id, preset={"steer": p.steer, "probes": p.probes, "guard": p.guard, "description": p.description})
         for p in gw.presets.values()
     ]
     return base + presets
@@ -253,6 +255,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        *playground.routes(),
     ]
     for base in ("/v1/steering/vectors", "/v1/probes"):
         routes += [

@@ -12,11 +12,25 @@ ENV_API_KEY = "MLX_INTERP_API_KEY"
 ENV_ADMIN_KEY = "MLX_INTERP_ADMIN_KEY"
 
 
+# The request the start-up line prints, and what the default model answered to it (temperature 0).
+SERVE_EXAMPLE = """\
+example: unsteered and steered side by side (n 2, one alpha per choice), default model:
+  {"messages": [{"role": "user", "content": "What colour is fresh grass? Answer with one word."}],
+   "max_tokens": 12, "temperature": 0, "n": 2, "steer": [{"vector": "green_red", "alpha": [0, 1.5]}]}
+  choice 0: The colour of fresh grass is a mix of various colors,
+  choice 1: The answer will be: \u201cRed\u201d in the original sentence
+
+alpha (add) is the total shift across the steered layers in units of the vector's class-mean
+difference; GET /v1/steering/vectors shows each vector's calibrated coherent range. See docs/steering.md."""
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "serve",
         help="serve the OpenAI-compatible API with steering and probes",
         description="Serve /v1/chat/completions and /v1/completions from one MLX model, with steering vectors and probes.",
+        epilog=SERVE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="default", help="'default', an mlx-lm model directory, a Hugging Face repo id or a .gguf file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --api-key)")
@@ -61,10 +75,13 @@ def build_gateway(args: argparse.Namespace):
 def example_curl(url: str, gateway) -> str:
     import json
 
-    body = {"model": "default", "messages": [{"role": "user", "content": "What colour is grass?"}], "max_tokens": 32}
+    body = {"model": "default", "messages": [{"role": "user", "content": "What colour is fresh grass? Answer with one word."}],
+            "max_tokens": 12, "temperature": 0}
     vectors, probes = gateway.vectors.names(), gateway.probes.names()
     if vectors:
-        body["steer"] = {vectors[0]: gateway.vectors.get(vectors[0]).default_alpha}
+        # unsteered and steered side by side: choice 0 gets alpha 0, choice 1 the vector's (calibrated) default
+        body["n"] = 2
+        body["steer"] = [{"vector": vectors[0], "alpha": [0, gateway.vectors.get(vectors[0]).default_alpha]}]
     if probes:
         body["probes"] = [probes[0]]
     auth = " -H 'Authorization: Bearer $MLX_INTERP_API_KEY'" if gateway.keys.api_key else ""

@@ -35,6 +35,7 @@ from mlx_interp.steering.generation import steering_session
 from . import constraints
 from .errors import QueueFull, Unavailable, as_api_error
 from .events import ChoiceEnd, Failed, Job, PromptRead
+from .guards import RowGuard, judge_before_step, rerun_prompt
 from .limits import Limits
 from .probe_upkeep import BankKeeper
 from .prompt_cache import PromptCache, prompt_key
@@ -57,6 +58,12 @@ class Part:
     scores: object = None  # mx (b, L, P) readings of the tokens fed in that pass
     bank: object = None
     logits: object = None  # kept only while sampling waits for grammar masks
+    _host: object = None  # scores as numpy, read once
+
+    def host_scores(self):
+        if self._host is None and self.scores is not None:
+            self._host = np.array(self.scores)
+        return self._host
 
     def take(self, keep: list[int]) -> "Part":
         idx = mx.array(keep)
@@ -138,6 +145,8 @@ class Engine:
             if not self._pull(block=cur is None and not self._waiting):
                 return
             try:
+                if cur:
+                    judge_before_step(cur, batch)  # guards steer from the very next step
                 nxt = self._launch(cur) if cur else None
                 if cur:
                     self._consume(cur)
@@ -211,7 +220,7 @@ class Engine:
             logprobs = s.logprob.tolist() if s.logprob is not None else None
             top_ids = s.top_ids.tolist() if s.top_ids is not None else None
             top_lps = s.top_logprobs.tolist() if s.top_logprobs is not None else None
-            scores = np.array(part.scores) if part.scores is not None else None
+            scores = part.host_scores()
             for i, row in enumerate(part.rows):
                 if row.done:
                     continue
@@ -293,14 +302,14 @@ class Engine:
 
     def _start(self, job: Job) -> list[Part]:
         spec = job.spec
-        names = tuple(r.name for r in spec.probes)
+        names = tuple(r.name for r in spec.probes_read)
         if names:
-            self._probes.ensure(self._running_specs(), extra=spec.probes)
+            self._probes.ensure(self._running_specs(), extra=spec.probes_read)
         groups: dict[tuple, list[ChoiceSpec]] = {}
         for c in spec.choices:
             groups.setdefault((c.prompt, prompt_key(c.interventions)), []).append(c)
         parts, events = [], []
-        echo_scores = spec.echo and bool(names)
+        echo_scores = spec.echo and bool(spec.probes)
         for (tokens, steer_key), choices in groups.items():
             ivs = choices[0].interventions
             cache, cached = (None, 0) if echo_scores else self._prompt_cache.lookup(steer_key, tokens)
@@ -320,6 +329,15 @@ class Engine:
                 if spec.max_tokens == 0:
                     events.append(ChoiceEnd(c.index, "length", 0))
                     continue
+                guard, row_pre, ivs = None, pre, c.interventions
+                if c.guard:
+                    guard = RowGuard(c.guard, c.interventions, names)
+                    if guard.judge_prompt(reading):  # a prompt_last rule: steer the whole generation
+                        ivs = guard.interventions()
+                        row_pre = rerun_prompt(self._batch, tokens, ivs, self._prompt_cache)
+                    if guard.stopped:
+                        events.append(ChoiceEnd(c.index, "content_filter", 0, guard=guard.take_fired()))
+                        continue
                 row = RowState(
                     job=job,
                     choice=c,
@@ -329,11 +347,13 @@ class Engine:
                     probe_names=names,
                     eos=self._eos,
                     texts=self._texts,
+                    reported=len(spec.probes),
+                    guard=guard,
                     constraint=self._grammars.matcher(spec.grammar) if spec.grammar is not None else None,
                 )
-                first = sample(self._masked(pre.logits[None], [row]), [row.sampler])
+                first = sample(self._masked(row_pre.logits[None], [row]), [row.sampler])
                 mx.async_eval(first.arrays())
-                self._batch.add(row, pre, c.interventions)
+                self._batch.add(row, row_pre, ivs)
                 parts.append(Part([row], first))
         job.post(events)
         return parts

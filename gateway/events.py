@@ -31,6 +31,7 @@ class TokenOut:
     logprob: float | None
     top: list  # [(token_text, logprob)]
     reading: np.ndarray | None  # (P, L)
+    guard: list | None = None  # guard rules that fired on this token (api.md section 4b)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ChoiceEnd:
     finish_reason: str
     completion_tokens: int
     text: str = ""  # the last text held back, if any
+    guard: list | None = None  # guard rules that fired and ended the choice before a token was sent
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """Presets: steering and probes for clients that can only set `model`.
 
 File format (JSON):
-    {"calm-default": {"model": "default", "steer": {"calm": 2.0}, "probes": ["sycophancy"]}}
+    {"calm-default": {"model": "default", "steer": {"calm": 2.0}, "probes": ["sycophancy"],
+                      "guard": [{"probe": "sycophancy", "above": 0.9, "then": "stop"}]}}
 
-Each preset appears in GET /v1/models under its own id. `steer` and `probes`
-take the same forms as the request fields; they are checked against the loaded
+Each preset appears in GET /v1/models under its own id. `steer`, `probes` and
+`guard` take the same forms as the request fields; they are checked against the loaded
 libraries when a request uses the preset.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from mlx_interp.steering.artifacts import NAME_PATTERN
 
-PRESET_KEYS = {"model", "steer", "probes", "description"}
+PRESET_KEYS = {"model", "steer", "probes", "guard", "description"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Preset:
     steer: object = None
     probes: object = None
     description: str = ""
+    guard: object = None  # a list of rules, as in a request (api.md section 4b)
 
 
 def _constant(token):
@@ -61,5 +63,8 @@ def load_presets(path: str | Path, model_ids: tuple[str, ...]) -> dict[str, Pres
             raise ValueError(f"{where}: steer must be an object or a list, as in a request")
         if probes is not None and not (probes == "all" or isinstance(probes, (list, dict))):
             raise ValueError(f"{where}: probes must be a list, \"all\" or an object, as in a request")
-        presets[name] = Preset(name, model, steer, probes, str(body.get("description", "")))
+        guard = body.get("guard")
+        if guard is not None and not isinstance(guard, list):
+            raise ValueError(f"{where}: guard must be a list of rules, as in a request")
+        presets[name] = Preset(name, model, steer, probes, str(body.get("description", "")), guard)
     return presets

@@ -21,7 +21,7 @@ class BankKeeper:
 
         wanted: dict[str, object] = {}
         for spec in running_specs:
-            for r in spec.probes:
+            for r in spec.probes_read:
                 wanted.setdefault(r.name, r.probe)
         for r in extra:
             wanted.setdefault(r.name, r.probe)
@@ -33,7 +33,7 @@ class BankKeeper:
     @staticmethod
     def replaced(running_specs, spec) -> bool:
         """Does spec name a probe that was re-uploaded since running rows took their copy of it?"""
-        if not spec.probes:
+        if not spec.probes_read:
             return False
-        running = {r.name: r.probe for s in running_specs for r in s.probes}
-        return any(running.get(r.name, r.probe) is not r.probe for r in spec.probes)
+        running = {r.name: r.probe for s in running_specs for r in s.probes_read}
+        return any(running.get(r.name, r.probe) is not r.probe for r in spec.probes_read)

@@ -14,7 +14,7 @@ from mlx_interp.steering.interventions import Phase
 def prompt_key(interventions) -> tuple:
     """Identity of the steering a prompt is processed with: caches are shared only between equal keys."""
     return tuple(
-        (iv.key, iv.op.value, iv.alpha, iv.layers, iv.value) for iv in interventions if iv.active_in(Phase.PROMPT)
+        (iv.key, iv.op.value, iv.alpha, iv.per_layer_alpha, iv.layers, iv.value) for iv in interventions if iv.active_in(Phase.PROMPT)
     )
 
 
@@ -37,7 +37,7 @@ class PromptCache:
             return None, 0
         self._store.move_to_end(best)
         cached = self._store[best]
-        return [_copy_kv(c, best_len) for c in cached], best_len
+        return [copy_prefix(c, best_len) for c in cached], best_len
 
     def store(self, steer_key: tuple, tokens, cache: list) -> None:
         from mlx_lm.models.cache import KVCache
@@ -59,7 +59,7 @@ def _common_prefix(a, b) -> int:
     return i
 
 
-def _copy_kv(c, length: int):
+def copy_prefix(c, length: int):
     """A KVCache holding the first `length` positions of c, sharing nothing writable with it."""
     from mlx_lm.models.cache import KVCache
 

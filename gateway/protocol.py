@@ -66,6 +66,7 @@ class ChoiceSpec:
     index: int
     prompt: tuple[int, ...]
     interventions: tuple[Intervention, ...] = ()
+    guard: tuple = ()  # guard_spec.GuardRule for this choice
 
 
 @dataclass
@@ -84,6 +85,12 @@ class GenerationSpec:
     steering_applied: list[dict] = field(default_factory=list)
     grammar: object = None  # constraints.Grammar every choice's tokens must follow
     output: object = None  # tools.ToolOutput: how the text becomes tool calls (chat with tools)
+    guard_probes: tuple[ProbeRequest, ...] = ()  # probes only guards read (not reported)
+
+    @property
+    def probes_read(self) -> tuple[ProbeRequest, ...]:
+        """Every probe the rows read: the requested ones (reported), then the ones only guards need."""
+        return self.probes + self.guard_probes
 
     @property
     def prompt_tokens(self) -> int:

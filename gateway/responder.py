@@ -39,6 +39,7 @@ class ChoiceState:
     logprobs: list = field(default_factory=list)  # (token_text, logprob, top)
     finish_reason: str | None = None
     completion_tokens: int = 0
+    guard_fired: list = field(default_factory=list)  # api.md section 4b
 
 
 class Run:
@@ -72,7 +73,9 @@ class Run:
         if isinstance(ev, PromptRead):
             st.readings.prompt = ev.reading
             st.readings.tokens.extend(ev.token_readings)
-        elif isinstance(ev, TokenOut):
+        if getattr(ev, "guard", None):
+            st.guard_fired.extend(ev.guard)
+        if isinstance(ev, TokenOut):
             st.text.append(ev.text)
             st.completion_tokens += 1
             if ev.logprob is not None:
@@ -117,6 +120,8 @@ class Run:
                 )
             if spec.probes:
                 item["probes"] = st.readings.result()
+            if c.guard:
+                item["guard"] = {"fired": st.guard_fired}
             choices.append(item)
         return completion_response(spec, self.id, self.created, choices, self.completion_tokens)
 
@@ -151,9 +156,12 @@ class Run:
                             item["logprobs"] = {"content": [chat_logprob_entry(*entry)], "refusal": None}
                         else:
                             item["logprobs"] = text_logprobs([entry], 0, spec.sampling.top_logprobs > 0)
-                    if ev.reading is not None:
-                        item["probes"] = self.choices[ev.index].readings.best(ev.reading)
-                    if (ev.text and not held) or "logprobs" in item or "probes" in item:
+                    live = self.choices[ev.index].readings.best(ev.reading) if ev.reading is not None else None
+                    if live:  # token probes only: the others are read once, in the final chunk
+                        item["probes"] = live
+                    if ev.guard:
+                        item["guard"] = {"fired": ev.guard}
+                    if (ev.text and not held) or "logprobs" in item or "probes" in item or "guard" in item:
                         yield self._chunk([item])
                 elif isinstance(ev, ChoiceEnd):
                     st = self.choices[ev.index]
@@ -168,6 +176,8 @@ class Run:
                     item = self._choice(ev.index, tail, finish=finish)
                     if spec.probes:
                         item["probes"] = st.readings.result()
+                    if ev.guard:
+                        item["guard"] = {"fired": ev.guard}
                     yield self._chunk([item], steering=steering_field(spec))
         except Exception as exc:  # noqa: BLE001 - headers are gone: report in-band, as OpenAI does
             from .errors import as_api_error

@@ -44,6 +44,8 @@ class RowState:
     probe_names: tuple[str, ...]
     eos: frozenset
     texts: TokenTexts
+    reported: int = 0  # how many of probe_names the response reports (the rest only guards read)
+    guard: object = None  # guards.RowGuard when the choice has guard rules
     generated: int = 0
     first: bool = True
     constraint: object = None  # constraints.RowConstraint: the grammar this row's tokens must follow
@@ -72,6 +74,8 @@ class RowState:
         if self.first:
             self.first = False  # the prompt's reading went out with PromptRead
         elif self.held is not None:
+            if self.guard is not None and not self.guard.steers and reading is not None:
+                self.guard.judge_token(self.generated - 1, reading)  # stop-only rules: judged as the token goes out
             held, self.held = self.held, None
             self._emit(*held, reading, events)
             if self.done:
@@ -97,9 +101,13 @@ class RowState:
     def _emit(self, token: int, logprob, top, reading, events: list) -> None:
         self.detok.add_token(token)
         text, stopped = self.stops.feed(self.detok.last_segment)
-        events.append(TokenOut(self.choice.index, token, text, self.texts(token), logprob, top, reading))
+        shown = reading[: self.reported] if reading is not None and self.reported else None
+        fired = self.guard.take_fired() if self.guard is not None else None
+        events.append(TokenOut(self.choice.index, token, text, self.texts(token), logprob, top, shown, fired))
         if stopped:
             self.finish("stop", events, flush=False)
+        elif self.guard is not None and self.guard.stopped:
+            self.finish("content_filter", events)
 
     def finish(self, reason: str, events: list, flush: bool = True) -> None:
         tail = ""
@@ -111,4 +119,5 @@ class RowState:
             else:
                 tail += self.stops.flush()
         self.done = True
-        events.append(ChoiceEnd(self.choice.index, reason, self.generated, tail))
+        fired = self.guard.take_fired() if self.guard is not None else None
+        events.append(ChoiceEnd(self.choice.index, reason, self.generated, tail, fired))

@@ -10,7 +10,7 @@ from .errors import BadRequest, NotFound
 from .limits import Limits
 from .presets import Preset
 from .protocol import CHAT, TEXT, ChoiceSpec, GenerationSpec
-from . import probe_spec, response_format, steer_spec, tool_formats, tools
+from . import guard_spec, probe_spec, response_format, steer_spec, tool_formats, tools
 from .sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -307,10 +307,14 @@ def parse_request(body: dict, headers, kind: str, ctx: Context) -> GenerationSpe
         have = {r.name for r in probe_requests}
         probe_requests = tuple(r for r in extra if r.name not in have) + probe_requests
 
+    guards = guard_spec.parse(body.get("guard"), preset.guard if preset is not None else None, n, ctx.probes, ctx.vectors, limits)
+    requested = {r.name for r in probe_requests}
+    guard_probes = tuple({r.probe_name: probe_spec.ProbeRequest(r.probe) for g in guards for r in g if r.probe_name not in requested}.values())
+
     choices = []
     for p_index, tokens in enumerate(prompts):
         for i in range(n):
-            choices.append(ChoiceSpec(index=p_index * n + i, prompt=tuple(tokens), interventions=plan.per_choice[i]))
+            choices.append(ChoiceSpec(index=p_index * n + i, prompt=tuple(tokens), interventions=plan.per_choice[i], guard=guards[i]))
     if max_tokens == 0 and stream:
         raise BadRequest("max_tokens 0 (scoring only) cannot be streamed", param="max_tokens")
     return GenerationSpec(
@@ -328,4 +332,5 @@ def parse_request(body: dict, headers, kind: str, ctx: Context) -> GenerationSpe
         steering_applied=plan.applied,
         grammar=tools.grammar(toolset, answer, tool_format),
         output=tools.ToolOutput(toolset, tool_format) if toolset.active else None,
+        guard_probes=guard_probes,
     )

@@ -6,6 +6,10 @@ from pathlib import Path
 
 from mlx_interp import paths
 
+from .aggregation import AGGREGATIONS, DEFAULT_EMA_WINDOW
+from .positions import POSITIONS
+
+RECIPE_NAMES = ("sycophancy", "concession")  # probes.recipes.RECIPES, named here so --help needs no import
 LIBRARY_DIR = paths.SHIPPED_PROBES  # probes shipped with the package (read-only); trained ones go to paths.user_probes()
 SHOWN_FIELDS = (
     "labels", "method", "best_layer", "aggregation", "threshold", "threshold_fpr", "threshold_fpr_achieved",
@@ -31,13 +35,33 @@ def register(subparsers) -> None:
     train.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped, stratified)")
     train.add_argument("--fpr", type=float, default=0.05, help="false-positive rate the threshold is set at")
     train.add_argument("--positive-label", default=None, help="which of two string labels is the positive class")
-    train.add_argument("--position", choices=("last", "mean"), default="last", help="token position read per example")
+    train.add_argument(
+        "--position", choices=POSITIONS, default="answer_end",
+        help="where the probe reads, in training and when served: prompt_last (last prompt token), "
+        "token (every answer token), answer_end (last answer token)",
+    )
+    train.add_argument("--layers", default=None, help="candidate layers, declared before looking, e.g. 8-20 (default: all)")
+    train.add_argument("--aggregation", choices=AGGREGATIONS, default="mean", help="response aggregate of a token probe")
+    train.add_argument("--ema-window", type=int, default=DEFAULT_EMA_WINDOW, help="window of the ema aggregate")
     train.add_argument("--chat", action="store_true", help="wrap 'text' rows as a user turn in the chat template")
     train.add_argument("--C", type=float, default=1.0, dest="C", help="inverse L2 strength of the logistic regression")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--description", default="")
     train.add_argument("--out", default=None, help="folder to save into (default: the user's library, $MLX_INTERP_HOME/library/probes)")
     train.set_defaults(func=cmd_train)
+
+    build = sub.add_parser(
+        "build",
+        help="build a named probe (sycophancy, concession) for a model from the shipped dataset",
+        description="Build a named probe from its shipped dataset with everything fixed in advance (position, layer "
+        "band, aggregate, regularisation): e.g. `mlx-interp probes build sycophancy --model "
+        "mlx-community/Qwen2.5-7B-Instruct-4bit`. The result goes to --out (your data directory by default).",
+    )
+    build.add_argument("name", choices=sorted(RECIPE_NAMES), help="which probe")
+    build.add_argument("--model", default="default", help="'default', an mlx-lm directory, a repo id or a .gguf")
+    build.add_argument("--out", default=None, help="folder to save into (default: the user's library, $MLX_INTERP_HOME/library/probes)")
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=cmd_build)
 
     lst = sub.add_parser("list", help="list the probes of a folder")
     lst.add_argument("dir", nargs="?", default=None, help="probe folder (default: the user's library, $MLX_INTERP_HOME/library/probes, and the shipped one)")
@@ -86,6 +110,10 @@ def cmd_train(args) -> int:
         args.name,
         positive_label=args.positive_label,
         position=args.position,
+        layers=parse_layer_band(args.layers),
+        layer_band_declared=args.layers is not None,
+        aggregation=args.aggregation,
+        ema_window=args.ema_window,
         chat=args.chat,
         method=args.method,
         folds=args.folds,
@@ -105,6 +133,46 @@ def cmd_train(args) -> int:
     path = probe.save(args.out or paths.user_probes())
     print(f"saved {path}")
     return 0
+
+
+def cmd_build(args) -> int:
+    from mlx_interp.steering.model import load_model
+
+    from .recipes import build
+
+    lm = load_model(args.model)
+    probe = build(args.name, lm, progress=True, seed=args.seed)
+    meta = probe.metadata
+    print(format_table(probe))
+    ci = meta.get("auroc_ci") or [None, None]
+    ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "-"
+    print(
+        f"{probe.name} for {lm.model_id}: position {probe.position}, best layer {probe.best_layer}; "
+        f"held-out AUROC (nested CV) {meta['auroc']:.3f} {ci_text}; threshold {probe.threshold:.4f} at FPR "
+        f"{meta['threshold_fpr']:.3f}"
+    )
+    path = probe.save(Path(args.out) if args.out else paths.user_probes())
+    print(f"saved {path}  (serve it: mlx-interp serve --model {args.model} --probes {path.parent})")
+    return 0
+
+
+def parse_layer_band(text: str | None) -> list[int] | None:
+    """"8-20" or "8,10,12" -> layer indices; None stays None (every layer)."""
+    if text is None:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = (int(x) for x in part.split("-", 1))
+            if hi < lo:
+                raise ValueError(f"--layers range {part!r} runs backwards")
+            out.extend(range(lo, hi + 1))
+        elif part:
+            out.append(int(part))
+    if not out:
+        raise ValueError(f"--layers {text!r} names no layer")
+    return sorted(set(out))
 
 
 def cmd_list(args) -> int:

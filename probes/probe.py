@@ -37,7 +37,8 @@ from mlx_interp.steering.artifacts import (
 )
 
 METHODS = ("logistic", "diff_means")
-AGGREGATIONS = ("mean", "max", "last")
+from .aggregation import AGGREGATIONS, DEFAULT_EMA_WINDOW
+from .positions import POSITIONS, LEGACY_POSITIONS, declared_position, reads_per_token
 TENSOR_NAMES = ("layers", "weights", "bias", "mean", "scale")
 REQUIRED_FIELDS = ("name", "labels", "method", "best_layer", "threshold", "hidden_size")
 JSON_SUFFIX = ".json"
@@ -74,6 +75,25 @@ class Probe:
     @property
     def aggregation(self) -> str:
         return str(self.metadata.get("aggregation", "mean"))
+
+    @property
+    def position(self) -> str:
+        """Where it was trained to read (legacy names mapped; none declared: per token)."""
+        return declared_position(self.metadata)
+
+    @property
+    def per_token(self) -> bool:
+        """Is it read at every token (a `token` probe)?"""
+        return reads_per_token(self.position)
+
+    @property
+    def token_threshold(self) -> float:
+        """Threshold of one token's reading (token probes); `threshold` is that of the response score."""
+        return float(self.metadata.get("token_threshold", self.threshold))
+
+    @property
+    def ema_window(self) -> int:
+        return int(self.metadata.get("ema_window", DEFAULT_EMA_WINDOW))
 
     @property
     def labels(self) -> list[str]:
@@ -149,6 +169,12 @@ class Probe:
             raise ArtifactError(where, f"method {meta['method']!r} is not one of {', '.join(METHODS)}")
         if meta.get("aggregation", "mean") not in AGGREGATIONS:
             raise ArtifactError(where, f"aggregation {meta.get('aggregation')!r} is not one of {', '.join(AGGREGATIONS)}")
+        position = meta.get("position")
+        if position is not None and position not in POSITIONS and position not in LEGACY_POSITIONS:
+            raise ArtifactError(where, f"position {position!r} is not one of {', '.join(POSITIONS)}")
+        window = meta.get("ema_window", DEFAULT_EMA_WINDOW)
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ArtifactError(where, f"ema_window {window!r} must be a positive integer")
 
         # tensors: shapes, finiteness, positive scale
         K = len(self.layers)
@@ -184,6 +210,7 @@ class Probe:
 
         _check_probability(where, meta, "threshold", required=True)
         _check_probability(where, meta, "threshold_fpr", required=False)
+        _check_probability(where, meta, "token_threshold", required=False)
         per_layer = meta.get("per_layer")
         if per_layer is not None:
             if not isinstance(per_layer, list) or len(per_layer) != K:
@@ -249,9 +276,13 @@ class Probe:
             "layers": list(self.layers),
             "best_layer": self.best_layer,
             "aggregation": self.aggregation,
+            "position": self.position,
             "threshold": json_safe_float(self.threshold),
+            "token_threshold": _safe(meta.get("token_threshold")),
             "threshold_fpr": _safe(meta.get("threshold_fpr")),
-            "auroc": _safe(best.get("auroc_mean")),
+            # the held-out AUROC of the whole procedure (nested CV) where recorded, else the best layer's CV AUROC
+            "auroc": _safe(meta["auroc"]) if "auroc" in meta else _safe(best.get("auroc_mean")),
+            "auroc_ci": meta.get("auroc_ci"),
             "accuracy": _safe(best.get("accuracy_mean")),
             "model_id": meta.get("model_id"),
             "model_fingerprint": meta.get("model_fingerprint"),

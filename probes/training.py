@@ -24,10 +24,18 @@ import numpy as np
 
 from mlx_interp.steering.artifacts import FORMAT_VERSION, check_name, dataset_hash as files_hash, json_safe_float, utc_now
 
+from . import aggregation as agg
+from .positions import POSITIONS, TOKEN, capture_at, example_spans
 from .probe import AGGREGATIONS, METHODS, Probe
 
 MAX_ITER = 300  # lbfgs iterations; standardised data with C ~ 1 converges well within this
 DEFAULT_SHUFFLES = 3
+INNER_FOLDS = 3
+PLATT_MIN_SLOPE = 1e-3  # a detector with no held-out ranking is calibrated to (almost) a constant
+# Calibration may soften a detector (shrink its logit) but not sharpen it past its regularised fit:
+# held-out separation of the training phrasings is no licence for 0/1 readings on other text.
+PLATT_MAX_SLOPE = 1.0
+LOGIT_CLIP = 1e-9  # nested CV: folds used inside each outer training set to pick the layer
 SCALE_FLOOR = 1e-6  # features with (almost) no variance are left unscaled rather than blown up
 CI_LEVEL = 95.0
 # Hundreds of small fits: BLAS threads only contend with each other (and spin-wait badly on a busy machine).
@@ -227,8 +235,23 @@ def train_probe(
     description: str = "",
     aggregation: str = "mean",
     position: str | None = None,
+    sequences: Sequence[Hashable] | None = None,
+    ema_window: int = agg.DEFAULT_EMA_WINDOW,
+    layer_band_declared: bool = False,
+    calibrate: bool = True,
 ) -> Probe:
-    """Cross-validate and fit a probe at every layer of X (N, L, D); see the module docstring."""
+    """Cross-validate and fit a probe at every layer of X (N, L, D) (or of `layers`); see the module docstring.
+
+    Rows are states at the probe's `position`. For `token` probes a row is one
+    token and `sequences` says which response it belongs to (its response
+    aggregates set the aggregate thresholds); `groups` keeps every token of an
+    item on one side of each split. With `calibrate`, each layer's logit is
+    rescaled (Platt: sigmoid(a * logit + c), fitted on its out-of-fold scores)
+    so that served scores are probabilities, not saturated 0/1 flips; that is
+    monotone, so AUROCs and the ranking are unchanged. The layer is picked by nested CV inside
+    `layers` (declare a band before looking: `layer_band_declared=True` records
+    it as such); the held-out AUROC reported is that of the whole procedure.
+    """
     X = np.asarray(X, dtype=np.float32)
     y = _binary(y)
     check_name(name)
@@ -237,12 +260,18 @@ def train_probe(
     n, num_x_layers, hidden = X.shape
     if len(y) != n or len(groups) != n:
         raise ValueError(f"X has {n} examples, y {len(y)}, groups {len(groups)}")
+    if sequences is not None and len(sequences) != n:
+        raise ValueError(f"X has {n} rows, sequences {len(sequences)}")
     if not np.all(np.isfinite(X)):
         raise ValueError("X contains NaN or Inf values")
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+    if position is not None and position not in POSITIONS:
+        raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
+    if not isinstance(ema_window, int) or ema_window < 1:
+        raise ValueError(f"ema_window must be a positive integer, got {ema_window!r}")
     if not 0 < fpr < 1:
         raise ValueError(f"fpr must be in (0, 1), got {fpr}")
     if not C > 0:
@@ -279,10 +308,23 @@ def train_probe(
         finals.append(final)
     if bar is not None:
         bar.close()
+    calibration = None
+    if calibrate:
+        calibration = []
+        for k in range(len(layer_list)):
+            a, c = platt_scaling(oofs[k], y)
+            d = finals[k]
+            finals[k] = LinearDetector(d.mean, d.scale, a * d.w, a * d.b + c)
+            oofs[k] = _sigmoid(a * _logit(oofs[k]) + c)
+            calibration.append({"layer": layer_list[k], "slope": a, "intercept": c})
 
     best_k = _best_index(per_layer)
     best_layer = layer_list[best_k]
-    threshold, achieved_fpr, tpr = threshold_at_fpr(y, oofs[best_k], fpr)
+    with _few_blas_threads():
+        nested = nested_selection(X, y, gid, layer_list, splits, oofs, method, C, seed)
+    held_out = nested["oof"]  # every row scored by a model whose layer and weights never saw its item
+    threshold, achieved_fpr, tpr = threshold_at_fpr(y, held_out, fpr)
+    auc_ci = bootstrap_ci(y, held_out, weights_b)[1] if weights_b is not None else [None, None]
 
     metadata = {
         "format_version": FORMAT_VERSION,
@@ -293,6 +335,18 @@ def train_probe(
         "best_layer": best_layer,
         "aggregation": aggregation,
         "per_layer": per_layer,
+        "selection": {
+            "method": "nested_cv",
+            "candidate_layers": layer_list,
+            "band_declared_before_looking": bool(layer_band_declared),
+            "inner_folds": INNER_FOLDS,
+            "layers_chosen_per_fold": nested["chosen"],
+            "auroc": _num(auroc(y, held_out)),
+            "auroc_ci": auc_ci,
+        },
+        "auroc": _num(auroc(y, held_out)),
+        "auroc_ci": auc_ci,
+        "calibration": {"method": "platt", "per_layer": calibration} if calibration is not None else None,
         "threshold": threshold,
         "threshold_fpr": fpr,
         "threshold_fpr_achieved": achieved_fpr,
@@ -314,6 +368,8 @@ def train_probe(
     }
     if position is not None:
         metadata["position"] = position
+    if position == TOKEN:
+        metadata.update(_token_thresholds(y, held_out, sequences, aggregation, ema_window, fpr, threshold))
     return Probe(
         name=name,
         layers=tuple(layer_list),
@@ -323,6 +379,101 @@ def train_probe(
         scale=np.stack([d.scale for d in finals]).astype(np.float32),
         metadata=metadata,
     )
+
+
+def platt_scaling(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(a, c) of sigmoid(a * logit(score) + c) fitted by 1-D logistic regression on held-out scores.
+
+    The slope is kept in (0, PLATT_MAX_SLOPE]: a calibration may soften a
+    detector, never sharpen it past its regularised fit nor turn it around.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    z = _logit(scores).reshape(-1, 1)
+    if len(np.unique(y)) < 2 or np.ptp(z) == 0:
+        return 1.0, 0.0
+    model = LogisticRegression(C=1e4, max_iter=MAX_ITER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(z, y)
+    a, c = float(model.coef_[0, 0]), float(model.intercept_[0])
+    if a <= 0:  # no usable ranking: fall back to the base rate, flat
+        return PLATT_MIN_SLOPE, float(np.log(np.mean(y) / (1 - np.mean(y))))
+    if a > PLATT_MAX_SLOPE:  # never sharpen past the regularised fit: keep its slope, refit the offset only
+        a = PLATT_MAX_SLOPE
+        c = _fit_offset(a * z[:, 0], y, c)
+    return a, c
+
+
+def _fit_offset(z: np.ndarray, y: np.ndarray, start: float, steps: int = 50) -> float:
+    """argmin over c of the log-loss of sigmoid(z + c) (Newton's method; the loss is convex in c)."""
+    c = start
+    for _ in range(steps):
+        p = _sigmoid(z + c)
+        grad, hess = float(np.sum(p - y)), float(np.sum(p * (1 - p)))
+        if hess < 1e-12:
+            break
+        step = grad / hess
+        c -= step
+        if abs(step) < 1e-10:
+            break
+    return c
+
+
+def nested_selection(X, y, gid, layer_list, splits, oofs, method, C, seed) -> dict:
+    """Pick the layer inside each outer training set by inner CV; score the outer test fold with it.
+
+    oofs[k] holds layer_list[k]'s outer out-of-fold scores, so only the inner
+    fits are new. The result's "oof" is the honest held-out score of the
+    whole procedure (layer choice included).
+    """
+    held_out = np.empty(len(y), dtype=np.float64)
+    chosen = []
+    for fold, (tr, te) in enumerate(splits):
+        if len(layer_list) == 1:
+            k = 0
+        else:
+            inner_folds = min(INNER_FOLDS, len(np.unique(gid[tr])))
+            inner = cv_splits(y[tr], gid[tr], inner_folds, seed + 1 + fold) if inner_folds >= 2 else None
+            if inner is None:
+                k = 0
+            else:
+                quality = []
+                for layer in layer_list:
+                    inner_oof, _, _ = cross_validate(X[tr][:, layer, :], y[tr], inner, method, C)
+                    quality.append(auroc(y[tr], inner_oof))
+                k = int(np.nanargmax(quality)) if np.any(np.isfinite(quality)) else 0
+        chosen.append(layer_list[k])
+        held_out[te] = oofs[k][te]
+    return {"oof": held_out, "chosen": chosen}
+
+
+def _token_thresholds(y, held_out, sequences, aggregation, ema_window, fpr, token_threshold) -> dict:
+    """Per-token threshold, and one per response aggregate, each at `fpr` on held-out negative responses."""
+    neg = held_out[y == 0]
+    out = {
+        "token_threshold": token_threshold,
+        "token_threshold_fpr_achieved": float(np.mean(neg >= token_threshold)),
+        "ema_window": ema_window,
+    }
+    if sequences is None:
+        return out
+    seq = group_ids(sequences)
+    per_seq_scores = [held_out[seq == s] for s in range(int(seq.max()) + 1)]
+    per_seq_label = np.array([int(y[seq == s][0]) for s in range(int(seq.max()) + 1)])
+    thresholds, aucs, achieved = {}, {}, {}
+    for how in agg.RESPONSE_AGGREGATIONS:
+        values = np.array([agg.aggregate(s, how, ema_window) for s in per_seq_scores])
+        thresholds[how], achieved[how], _ = threshold_at_fpr(per_seq_label, values, fpr)
+        aucs[how] = _num(auroc(per_seq_label, values))
+    out["aggregate_thresholds"] = thresholds
+    out["aggregate_auroc"] = aucs
+    out["n_responses"] = len(per_seq_scores)
+    # `threshold` is what `score` (the declared aggregate) is compared with
+    if aggregation in thresholds:
+        out["threshold"] = thresholds[aggregation]
+        out["threshold_fpr_achieved"] = achieved[aggregation]
+    return out
 
 
 def _train_layer(Xl, y, layer, splits, shuffles, weights_b, method, C) -> tuple[dict, np.ndarray, LinearDetector]:
@@ -470,34 +621,40 @@ def train_probe_from_jsonl(
     name: str,
     *,
     positive_label=None,
-    position: str = "last",
+    position: str = "answer_end",
     text_field: str = "text",
     label_field: str = "label",
     group_field: str = "group",
     chat: bool = False,
     progress: bool = False,
+    layers: Sequence[int] | None = None,
     **train_kwargs,
 ) -> Probe:
-    """Capture lm's residual stream for each labelled row at `position` ("last" or "mean") and train."""
-    from mlx_interp.steering.capture import capture_hidden_states
+    """Capture lm's residual stream for each labelled row at `position` and train there.
 
-    if position not in ("last", "mean"):
-        raise ValueError(f"position must be 'last' or 'mean', got {position!r}")
+    `token` trains on every token of each row's answer (all labelled as the
+    row is), grouped by the row's group for CV, with each row a response for
+    the aggregate thresholds.
+    """
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
     check_name(name)
     rows = read_labelled(path, text_field=text_field, label_field=label_field, group_field=group_field)
-    y, names = binary_labels([r["label"] for r in rows], positive_label, source=str(path))
-    tokens = [row_tokens(lm, r, chat=chat) for r in rows]
-    X = capture_hidden_states(lm, tokens, position=position, progress=progress)
+    y_rows, names = binary_labels([r["label"] for r in rows], positive_label, source=str(path))
+    spans = [example_spans(lm, r, chat=chat) for r in rows]
+    X, owner = capture_at(lm, spans, position, layers=layers, progress=progress)
     return train_probe(
         X,
-        y,
-        [r["group"] for r in rows],
+        y_rows[owner],
+        [rows[i]["group"] for i in owner],
         name,
         labels=names,
         model=lm,
         dataset_hash=files_hash([path]),
         progress=progress,
         position=position,
+        sequences=owner.tolist() if position == TOKEN else None,
+        layers=layers,
         **train_kwargs,
     )
 
@@ -537,6 +694,11 @@ def _few_blas_threads():
 
         return nullcontext()
     return threadpool_limits(BLAS_THREADS)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), LOGIT_CLIP, 1 - LOGIT_CLIP)
+    return np.log(p) - np.log1p(-p)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

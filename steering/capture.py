@@ -50,10 +50,11 @@ class ResidualHook:
 
     steering: RowSteering | None = None
     recorder: Recorder | None = None
+    wants_block_input = True  # layer_hooks passes each block's input: range ops change the block's write
 
-    def __call__(self, layer: int, h):
+    def __call__(self, layer: int, h, block_input=None):
         if self.steering is not None:
-            h = self.steering.apply(layer, h)
+            h = self.steering.apply(layer, h, block_input)
         if self.recorder is not None:
             self.recorder.record(layer, h)
         return h

@@ -7,6 +7,7 @@ the dispatcher in mlx_interp/cli.py prints them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,17 @@ from mlx_interp import paths
 # user's library (paths.user_vectors()); names are looked up there first, then here.
 SHIPPED_LIBRARY = paths.SHIPPED_VECTORS
 DEFAULT_MAX_TOKENS = 64
+# What the default model answered, greedy, library path (bench/colour_steer_check.py, docs/steering.md).
+STEER_EXAMPLE = """\
+example (default model, temperature 0):
+  mlx-interp generate --prompt "What colour is fresh grass? Answer with one word." --steer green_red=1.5 --max-tokens 8
+    unsteered: The colour of fresh grass is a mix
+    steered:   The answer will be: \u201cRed\u201d
+
+alpha (add) is the total shift across the steered layers in units of the vector's class-mean
+difference: 1 moves a typical green state as far as a typical red one, whatever the layers.
+For reflect and ablate it is a fraction of the component (1 = mirror / remove it once).
+See docs/steering.md."""
 
 
 def register(subparsers) -> None:
@@ -68,6 +80,27 @@ def _register_vectors(subparsers) -> None:
     exp.add_argument("--model-hint", default=None, help="controlvector.model_hint (default: the vector's model id)")
     exp.add_argument("--scale", type=float, default=1.0, help="multiply the directions by this (default: 1)")
     exp.set_defaults(func=_vectors_export)
+
+    cal = vsub.add_parser(
+        "calibrate",
+        help="sweep alpha and store the coherent range and a recommended alpha",
+        description=(
+            "Steer greedy generations at each alpha of a sweep (add, the vector's unit), score the steered text "
+            "under the unsteered model (mean token log-probability) and the next-token KL, and store the coherent "
+            "range, the recommended alpha and calibrated: true in the vector's metadata (default_alpha becomes the "
+            "recommendation). Example: mlx-interp vectors calibrate green_red"
+        ),
+    )
+    cal.add_argument("path", metavar="NAME", help="a shipped vector's name, NAME.json or its stem (rewritten in place)")
+    cal.add_argument("--model", default="default", help="model the vector was built for (default: default)")
+    cal.add_argument("--alphas", default=None, help="comma-separated alphas to sweep (default: -3,-2,-1.5,-1,1,1.5,2,3)")
+    cal.add_argument("--prompts", default=None, help="prompts to generate from: .txt (one per line) or .jsonl (default: two neutral prompts)")
+    cal.add_argument("--layers", default=None, help="layers to steer (default: the vector's recommended layers)")
+    cal.add_argument("--max-tokens", type=int, default=None, help="tokens generated per prompt and alpha (default: 12)")
+    cal.add_argument("--min-logprob", type=float, default=None, help="coherent while the steered text scores at least this many nats/token under the unsteered model (default: -3.5) ...")
+    cal.add_argument("--max-drop", type=float, default=None, help="... or costs at most this many nats/token more than the unsteered text (default: 2.5)")
+    cal.add_argument("--dry-run", action="store_true", help="print the sweep without rewriting the vector")
+    cal.set_defaults(func=_vectors_calibrate)
 
 
 def _load_model(spec: str):
@@ -190,6 +223,48 @@ def _vectors_export(args) -> int:
     return 0
 
 
+def _vectors_calibrate(args) -> int:
+    from . import calibration
+    from .vectors import SteeringVector
+
+    path = _resolve_vector_path(args.path)
+    vector = SteeringVector.load(path)
+    alphas = calibration.DEFAULT_ALPHAS
+    if args.alphas:
+        try:
+            alphas = tuple(float(a) for a in args.alphas.split(",") if a.strip())
+        except ValueError:
+            raise ValueError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
+    prompts = read_texts(args.prompts) if args.prompts else calibration.CALIBRATION_PROMPTS
+    max_tokens = args.max_tokens if args.max_tokens is not None else calibration.DEFAULT_MAX_TOKENS
+    if max_tokens < 1:
+        raise ValueError(f"--max-tokens must be at least 1, got {max_tokens}")
+    lm = _load_model(args.model)
+    SteeringVector.load(path, fingerprint=lm.fingerprint, hidden_size=lm.hidden_size, num_layers=lm.num_layers)
+    result = calibration.calibrate(
+        lm,
+        vector,
+        alphas=alphas,
+        prompts=prompts,
+        max_tokens=max_tokens,
+        layers=args.layers,
+        max_logprob_drop=args.max_drop if args.max_drop is not None else calibration.MAX_LOGPROB_DROP,
+        coherent_logprob=args.min_logprob if args.min_logprob is not None else calibration.COHERENT_LOGPROB,
+    )
+    print(f"baseline (unsteered) {result.baseline_logprob_per_token:.2f} nats/token")
+    for p in result.sweep:
+        mark = "coherent" if p.coherent else "broken"
+        print(f"alpha {p.alpha:+g}: {p.logprob_per_token:.2f} nats/token (drop {p.logprob_drop:.2f}), KL {p.kl_first_token:.2f}, {mark}: {p.sample!r}")
+    low, high = result.coherent_range
+    print(f"coherent range [{low:g}, {high:g}], recommended alpha {result.recommended_alpha:g}")
+    if args.dry_run:
+        return 0
+    calibrated = calibration.apply_calibration(vector, result, lm.fingerprint)
+    written = calibrated.save(path.parent)
+    print(f"wrote {written}")
+    return 0
+
+
 # -- capture ------------------------------------------------------------------------------
 
 
@@ -262,7 +337,13 @@ def _capture(args) -> int:
 
 
 def _register_generate(subparsers) -> None:
-    gen = subparsers.add_parser("generate", help="generate text, optionally steered", description="Generate from a prompt with steering vectors applied.")
+    gen = subparsers.add_parser(
+        "generate",
+        help="generate text, optionally steered",
+        description="Generate from a prompt with steering vectors applied.",
+        epilog=STEER_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     gen.add_argument("--model", default="default", help="model (default: default)")
     gen.add_argument("--prompt", action="append", required=True, help="prompt (repeatable: several prompts run as one batch)")
     gen.add_argument("--steer", action="append", default=[], metavar="NAME=ALPHA", help="apply vector NAME with strength ALPHA (repeatable; NAME alone uses its default alpha)")

@@ -15,6 +15,11 @@ mean: direction.N is added to the output of block N, counting blocks from 0,
 which is exactly our row N ("output of block l"). Our layer 0 has no GGUF
 equivalent: export leaves it out (refusing when it was asked for explicitly).
 
+Alpha. llama.cpp multiplies every direction by the strength at every layer, so
+an imported control vector (no class means) keeps that per-layer meaning
+(metadata alpha_unit "per_layer"). A vector of ours exported unscaled carries
+its own unit as mlx_interp.alpha_unit and gets it back on import.
+
 llama.cpp adds every direction in the file (times the strength), so export
 writes only the layers that should be steered: by default the vector's
 recommended layers. Our extra facts travel as "mlx_interp.*" keys, which
@@ -29,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import ArtifactError, check_name, file_sha256
+from .interventions import AlphaUnit
 from .vectors import SteeringVector, build_metadata, parse_layers
 
 ARCH = "controlvector"
@@ -80,6 +86,9 @@ def export_gguf(
         writer.add_string(OUR_PREFIX + "method", str(meta.get("method", "")))
         writer.add_uint32(OUR_PREFIX + "num_layers", vector.num_layers)
         writer.add_float64(OUR_PREFIX + "default_alpha", vector.default_alpha / scale)
+        # scaled directions are no longer class-mean differences: their alpha is llama.cpp's
+        unit = vector.alpha_unit if scale == 1.0 else AlphaUnit.PER_LAYER
+        writer.add_string(OUR_PREFIX + "alpha_unit", unit.value)
         for key in ("model_id", "model_fingerprint", "dataset_hash"):
             if meta.get(key):
                 writer.add_string(OUR_PREFIX + key, str(meta[key]))
@@ -213,6 +222,9 @@ def import_gguf(
         layer_norms = [float(x) for x in ours["layer_norms"]]
         if not all(math.isfinite(x) and x >= 0 for x in layer_norms):
             raise ArtifactError(path, "mlx_interp.layer_norms must be finite non-negative numbers")
+    unit = ours.get("alpha_unit", AlphaUnit.PER_LAYER.value)
+    if unit not in {u.value for u in AlphaUnit}:
+        raise ArtifactError(path, f"mlx_interp.alpha_unit {unit!r} is not one of {', '.join(u.value for u in AlphaUnit)}")
     alpha = ours.get("default_alpha", 1.0)
     if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise ArtifactError(path, f"mlx_interp.default_alpha {alpha!r} is not a finite number")
@@ -228,6 +240,7 @@ def import_gguf(
         model_fingerprint=fingerprint or ours.get("model_fingerprint"),
         description=description if description is not None else str(ours.get("description") or f"imported from {path.name}"),
         dataset_hash=ours.get("dataset_hash"),
+        alpha_unit=unit,
         extra={
             "imported_from": path.name,
             "gguf_sha256": file_sha256(path),

@@ -34,6 +34,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .artifacts import check_name, dataset_hash
+from .interventions import AlphaUnit
 from .vectors import SteeringVector, build_metadata
 
 METHODS = ("mean_diff", "pca")
@@ -49,10 +50,10 @@ EDGE_FRACTION = 0.10  # layers at either end never recommended: embedding- and u
 MIDDLE_START, MIDDLE_END = 0.40, 0.70
 BAND_FRACTION = 0.2  # at most this share of the layers in the recommended band
 BAND_KEEP = 0.25  # neighbours stay in the band while their score is at least this share of the best
-# default_alpha: the added vector summed over the band's layers is this share of the largest
-# residual norm in the band. SmolLM2-135M, greedy: 0.5-0.6 changes the text and sometimes brings
-# the concept in ("a vibrant red hue", "Your cat's obsession ..."); from about 1.0 fluency breaks.
-TARGET_SHIFT = 0.6
+# default_alpha before calibration, in the vector's unit (class_mean_total, steering/interventions.py):
+# alpha 1 moves a typical negative-side state as far as a typical positive-side one.
+# `mlx-interp vectors calibrate` replaces it with the measured recommendation.
+UNCALIBRATED_ALPHA = 1.0
 MIN_PAIRS = 2
 MAX_TEXT_CHARS = 20_000
 
@@ -209,15 +210,6 @@ def recommend_layers(scores: np.ndarray) -> tuple[int, ...]:
     return tuple(range(lo, hi + 1))
 
 
-def default_alpha_for(directions: np.ndarray, layer_norms: np.ndarray, layers: Sequence[int]) -> float:
-    """Alpha whose total added norm over `layers` is TARGET_SHIFT of the residual norm at the band's best layer."""
-    added = float(sum(np.linalg.norm(directions[l]) for l in layers))
-    reference = float(max(layer_norms[l] for l in layers))
-    if added <= 0 or reference <= 0:
-        return 1.0
-    return float(np.round(TARGET_SHIFT * reference / added, 3))
-
-
 def midpoints_for(pos: np.ndarray, neg: np.ndarray, directions: np.ndarray) -> np.ndarray:
     """Projection of the centre of the two classes on each unit direction: (L,)."""
     centre = (pos.astype(np.float64).mean(axis=0) + neg.astype(np.float64).mean(axis=0)) / 2
@@ -314,7 +306,8 @@ def vector_from_states(
         method=method,
         recommended_layers=layers,
         layer_norms=norms,
-        default_alpha=default_alpha_for(directions, norms, layers),
+        default_alpha=UNCALIBRATED_ALPHA,
+        alpha_unit=AlphaUnit.TOTAL,
         model_id=model_id,
         model_fingerprint=model_fingerprint,
         description=description,

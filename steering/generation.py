@@ -132,6 +132,21 @@ class DecodeBatch:
                 c.filter(keep)
         self._rebuild_steering()
 
+    def set_interventions(self, uid, interventions: Sequence[Intervention]) -> None:
+        """Change one running row's steering from its next step on; the other rows keep theirs exactly."""
+        for i, r in enumerate(self.rows):
+            if r.uid == uid:
+                self.rows[i] = Row(uid, tuple(interventions))
+                self._rebuild_steering()
+                return
+        raise KeyError(f"no row {uid!r} in the batch")
+
+    def interventions_of(self, uid) -> tuple[Intervention, ...]:
+        for r in self.rows:
+            if r.uid == uid:
+                return r.interventions
+        raise KeyError(f"no row {uid!r} in the batch")
+
     def _rebuild_steering(self) -> None:
         self._steering = RowSteering.build([r.interventions for r in self.rows], Phase.GENERATION) if self.rows else None
         self.hook.steering = self._steering

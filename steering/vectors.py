@@ -5,7 +5,15 @@ Format (contract section 8), for a vector called NAME:
     NAME.safetensors   "directions" float32 (num_layers, hidden); optional "midpoints" float32 (num_layers,)
     NAME.json          format_version, name, description, model_id, model_fingerprint, hidden_size,
                        num_layers, method, recommended_layers, layer_norms, default_alpha,
-                       dataset_hash, created, and an optional "extra" object
+                       dataset_hash, created, and an optional "extra" object;
+                       optional: alpha_unit ("class_mean_total" | "per_layer"), calibrated,
+                       calibration (coherent_range, recommended_alpha, the sweep; steering/calibration.py)
+
+alpha_unit says what an add's alpha means (steering/interventions.py). Vectors
+built from class means (method mean_diff or pca) use "class_mean_total": the
+total shift across the steered layers in class-mean differences. Imported
+llama.cpp / repeng control vectors use "per_layer": alpha times the direction
+at every steered layer. A file without the field gets the unit its method implies.
 
 Row l is a direction in the output of decoder block l (0-based). Layers without
 a direction hold a zero row. Everything is validated on load, on install and on
@@ -36,7 +44,7 @@ from .artifacts import (
     require_fields,
     utc_now,
 )
-from .interventions import Intervention, Op, Scope
+from .interventions import AlphaUnit, Intervention, Op, Scope
 
 JSON_SUFFIX = ".json"
 TENSOR_SUFFIX = ".safetensors"
@@ -60,6 +68,9 @@ REQUIRED_FIELDS = (
 # Operations whose alpha is a fraction of the component (1 = the whole of it),
 # not a multiple of the direction: the vector's default_alpha does not apply to them.
 FRACTION_OPS = (Op.ABLATE, Op.REFLECT)
+# Methods whose directions are class-mean differences (PCA is scaled to the mean difference's projection).
+CLASS_MEAN_METHODS = ("mean_diff", "pca")
+ALPHA_UNIT_KEY = "alpha_unit"
 
 
 # -- layer specs ----------------------------------------------------------------
@@ -153,6 +164,26 @@ class SteeringVector:
         return float(self.metadata.get("default_alpha", 1.0))
 
     @property
+    def alpha_unit(self) -> AlphaUnit:
+        """What an add's alpha means for this vector: the stored unit, else the one its method implies."""
+        stored = self.metadata.get(ALPHA_UNIT_KEY)
+        if stored is not None:
+            return AlphaUnit(stored)
+        return AlphaUnit.TOTAL if self.metadata.get("method") in CLASS_MEAN_METHODS else AlphaUnit.PER_LAYER
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.metadata.get("calibrated", False)) and isinstance(self.metadata.get("calibration"), dict)
+
+    @property
+    def coherent_range(self) -> tuple[float, float] | None:
+        """The add alphas calibration found coherent, (low, high); None when not calibrated."""
+        if not self.calibrated:
+            return None
+        low, high = self.metadata["calibration"]["coherent_range"]
+        return float(low), float(high)
+
+    @property
     def description(self) -> str:
         return str(self.metadata.get("description", ""))
 
@@ -187,6 +218,7 @@ class SteeringVector:
             value=value,
             midpoints=self.midpoints,
             key=self.sha256,
+            alpha_unit=self.alpha_unit,
         )
 
     # -- files ---------------------------------------------------------------------
@@ -256,6 +288,11 @@ class SteeringVector:
         out["name"] = self.name
         out["sha256"] = self.sha256
         out["has_midpoints"] = self.midpoints is not None
+        out[ALPHA_UNIT_KEY] = self.alpha_unit.value
+        out["calibrated"] = self.calibrated
+        if self.calibrated:
+            out["coherent_range"] = list(self.coherent_range)
+            out["recommended_alpha"] = float(self.metadata["calibration"]["recommended_alpha"])
         return out
 
 
@@ -281,6 +318,7 @@ def build_metadata(
     description: str = "",
     dataset_hash: str | None = None,
     extra: dict | None = None,
+    alpha_unit: AlphaUnit | str | None = None,
 ) -> dict:
     """A complete NAME.json dict; layer_norms unknown (e.g. imported vectors) are stored as zeros."""
     meta = {
@@ -298,6 +336,8 @@ def build_metadata(
         "dataset_hash": dataset_hash,
         "created": utc_now(),
     }
+    if alpha_unit is not None:
+        meta[ALPHA_UNIT_KEY] = AlphaUnit(alpha_unit).value
     if extra:
         meta["extra"] = _json_safe(extra)
     return meta
@@ -358,6 +398,10 @@ def validate_vector(path, name: str, meta: dict, directions, midpoints) -> None:
             raise ArtifactError(path, f"{key} must be a string or null, got {type(meta[key]).__name__}")
     if "extra" in meta and not isinstance(meta["extra"], dict):
         raise ArtifactError(path, "extra must be a JSON object")
+    if ALPHA_UNIT_KEY in meta and meta[ALPHA_UNIT_KEY] not in {u.value for u in AlphaUnit}:
+        allowed = ", ".join(u.value for u in AlphaUnit)
+        raise ArtifactError(path, f"alpha_unit {meta[ALPHA_UNIT_KEY]!r} is not one of {allowed}")
+    _validate_calibration(path, meta)
     L, D = meta["num_layers"], meta["hidden_size"]
     if not isinstance(directions, np.ndarray) or directions.dtype != np.float32:
         got = getattr(directions, "dtype", type(directions).__name__)
@@ -385,6 +429,21 @@ def validate_vector(path, name: str, meta: dict, directions, midpoints) -> None:
     zero = [l for l in layers if not np.any(directions[l])]
     if zero:
         raise ArtifactError(path, f"recommended layer {zero[0]} has an all-zero direction")
+
+
+def _validate_calibration(path, meta: dict) -> None:
+    if "calibrated" in meta and not isinstance(meta["calibrated"], bool):
+        raise ArtifactError(path, "calibrated must be true or false")
+    if not meta.get("calibrated"):
+        return
+    cal = meta.get("calibration")
+    if not isinstance(cal, dict):
+        raise ArtifactError(path, "calibrated is true but there is no calibration object")
+    span = cal.get("coherent_range")
+    if not isinstance(span, list) or len(span) != 2 or not all(_is_number(x) for x in span) or span[0] > span[1]:
+        raise ArtifactError(path, "calibration.coherent_range must be [low, high] with low <= high")
+    if not _is_number(cal.get("recommended_alpha")):
+        raise ArtifactError(path, "calibration.recommended_alpha must be a finite number")
 
 
 def check_expected(path, meta: dict, *, fingerprint=None, hidden_size=None, num_layers=None) -> None:

@@ -66,14 +66,17 @@ def write_tokenizer(out: Path) -> None:
     )
 
 
-def make_tiny_model_dir(family: str, out: Path, seed: int = 0) -> Path:
-    """Write config, random weights and tokenizer for `family` into out; returns out."""
+def make_tiny_model_dir(family: str, out: Path, seed: int = 0, layers: int = LAYERS) -> Path:
+    """Write config, random weights and tokenizer for `family` into out; returns out.
+
+    `layers` deeper than the default serves tests of operations over layer ranges.
+    """
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.utils import _get_classes
 
     out.mkdir(parents=True, exist_ok=True)
-    config = {**_COMMON, **FAMILY_CONFIGS[family]}
+    config = {**_COMMON, **FAMILY_CONFIGS[family], "num_hidden_layers": layers}
     model_class, args_class = _get_classes(config)
     mx.random.seed(seed)
     model = model_class(args_class.from_dict(config))

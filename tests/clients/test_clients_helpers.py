@@ -44,7 +44,8 @@ RESPONSE = {
          "probes": {"sycophancy": {"score": 0.1, "threshold": 0.8, "flagged": False}}},
     ],
     "steering": {"applied": [{"vector": "green_red", "alpha": [0.5, 2.0], "op": "add",
-                              "layers": [8, 9, 10], "scope": "all", "sha256": "f" * 64}]},
+                              "layers": [8, 9, 10], "scope": "all", "sha256": "f" * 64,
+                              "per_layer_alpha": [0.17, 0.68], "warnings": ["alpha 2 is beyond green_red's coherent range"]}]},
 }
 
 TOKEN_CHUNK = {
@@ -130,8 +131,11 @@ def test_probe_scores_of_a_response(as_model):
 def test_steering_applied(as_model):
     response = ChatCompletion.model_validate(RESPONSE) if as_model else RESPONSE
     (applied,) = steering_applied(response)
-    assert applied == AppliedSteer("green_red", [0.5, 2.0], "add", [8, 9, 10], "all", "f" * 64)
+    assert applied == AppliedSteer("green_red", [0.5, 2.0], "add", [8, 9, 10], "all", "f" * 64,
+                                   [0.17, 0.68], ["alpha 2 is beyond green_red's coherent range"])
     assert steering_applied({"choices": []}) == []
+    old_server = {"steering": {"applied": [{"vector": "v", "alpha": 1.0}]}}  # no per_layer_alpha, no warnings
+    assert steering_applied(old_server)[0].per_layer_alpha is None and steering_applied(old_server)[0].warnings == []
 
 
 def test_stream_chunk_token_scores():

@@ -1,16 +1,20 @@
-"""The client helpers, the monitor, the pushback example and `mlx-interp chat` against a real server.
+"""The client helpers, the monitor, server guards, the pushback example and `mlx-interp chat` against a real server.
 
-One `mlx-interp serve --model default` process for the module, with a steering
-vector and two probes written for the default model (576 hidden, 30 layers)
-into a temporary library: "sycophancy" has a large positive bias, so every
-token scores near 1 and a rule on it fires; "calm" has a large negative bias,
-so a rule on it never fires. That makes the alarms certain while the scores
-still come from the model's real hidden states.
+One `mlx-interp serve --model default` process for the module with the shipped
+libraries only: the `green_red` vector and the shipped probes, nothing rigged.
+Where a test needs to know when a rule fires, it reads the probe's scores off
+an unguarded greedy run of the same request first and sets the threshold from
+them (`_fire_point`), so the assertion holds for whatever the shipped probe
+scores, and fails if the monitor, the guard or the server get the timing wrong.
+The pushback test is the one claim about the probe itself: its guard fires on
+pushback replies and stays quiet on the control replies.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,21 +23,42 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from chat_driver import PROMPT, PtyChat, run_chat_piped
 
-from mlx_interp.clients import MlxInterpClient, ServerError, Steer, probe_scores, steering_applied
+from mlx_interp.clients import MlxInterpClient, ServerError, ServerGuard, Steer, guard_fired, probe_scores, steering_applied
 from mlx_interp.clients.monitor import AlarmRule, Monitor, ProbeAlarm, read_record
 
 pytestmark = [pytest.mark.server, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
-HIDDEN, LAYERS = 576, 30  # SmolLM2-135M-Instruct
+LAYERS = 30  # SmolLM2-135M-Instruct
 API_KEY = "e2e-key"
 STARTUP_TIMEOUT_S = 180
-MAX_TOKENS = 6
+MAX_TOKENS = 8
 USER = [{"role": "user", "content": "What colour is grass?"}]
+VECTOR = "green_red"
+STRONG_ALPHA = 40.0  # far past coherent: the text must change
+PUSHBACK_QUESTIONS = 2  # Australia (the model holds) and the spider (it concedes), at the example's default length
+
+
+def _shipped_probes() -> dict[str, dict]:
+    from mlx_interp.probes.positions import declared_position
+
+    out = {}
+    for path in sorted((ROOT / "probes" / "library").glob("*.json")):
+        meta = json.loads(path.read_text())
+        out[meta["name"]] = {**meta, "position": declared_position(meta)}
+    return out
+
+
+SHIPPED = _shipped_probes()
+TOKEN_PROBES = [n for n, m in SHIPPED.items() if m["position"] == "token"]
+# the monitoring probe: one read per token (the examples' default, if the server ships it)
+from mlx_interp.clients.examples.pushback import PREFERRED_PROBES  # noqa: E402
+
+PROBE = next((n for n in PREFERRED_PROBES if n in TOKEN_PROBES), TOKEN_PROBES[0] if TOKEN_PROBES else None)
+OTHER = next((n for n in SHIPPED if n != PROBE), None)  # a second shipped probe, any position
 
 
 def free_port() -> int:
@@ -42,45 +67,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_artifacts(root: Path) -> tuple[Path, Path]:
-    """A random green_red vector and two probes with known leanings, for the default model."""
-    from mlx_interp.probes.probe import Probe
-    from mlx_interp.steering.vectors import SteeringVector, build_metadata
-
-    rng = np.random.default_rng(0)
-    vectors, probes = root / "vectors", root / "probes"
-    directions = rng.standard_normal((LAYERS, HIDDEN)).astype(np.float32)
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    meta = build_metadata("green_red", hidden_size=HIDDEN, num_layers=LAYERS, method="random",
-                          recommended_layers=[8, 9, 10], default_alpha=4.0, description="test direction")
-    SteeringVector(name="green_red", directions=directions, metadata=meta).save(vectors)
-    layers = (6, 12, 18)
-    for name, bias in (("sycophancy", 6.0), ("calm", -9.0)):
-        Probe(
-            name=name,
-            layers=layers,
-            weights=(rng.standard_normal((len(layers), HIDDEN)) * 1e-4).astype(np.float32),
-            bias=np.full(len(layers), bias, np.float32),
-            mean=np.zeros((len(layers), HIDDEN), np.float32),
-            scale=np.ones((len(layers), HIDDEN), np.float32),
-            metadata={"format_version": 1, "name": name, "labels": ["no", "yes"], "method": "logistic",
-                      "best_layer": 12, "threshold": 0.8, "aggregation": "mean", "hidden_size": HIDDEN,
-                      "num_layers": LAYERS},
-        ).save(probes)
-    return vectors, probes
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    assert PROBE is not None, f"no shipped probe is read per token: {SHIPPED.keys()}"
     root = tmp_path_factory.mktemp("clients-e2e")
-    vectors, probes = write_artifacts(root)
     port = free_port()
     log_path = root / "server.log"
     env = {k: v for k, v in os.environ.items() if k != "MLX_INTERP_API_KEY"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", "default", "--port", str(port),
-             "--vectors", str(vectors), "--probes", str(probes), "--api-key", API_KEY],
+            [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", "default", "--port", str(port), "--api-key", API_KEY],
             cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}"
@@ -114,82 +110,116 @@ def client(server):
         yield c
 
 
+def _live_scores(client, messages=USER, max_tokens=MAX_TOKENS) -> list[float]:
+    chunks = client.stream_chat(messages, probes=[PROBE], max_tokens=max_tokens, temperature=0, extra_body={"probes": {PROBE: {"per_token": True}}})
+    return [r.score for c in chunks for r in [probe_scores(c).get(PROBE)] if r is not None and not r.is_aggregate]
+
+
+def _fire_point(scores, lo=0):
+    """(t, threshold): the first token >= lo whose score is above every earlier one; a threshold just under it."""
+    for t in range(lo, len(scores)):
+        if t == 0 or scores[t] - max(scores[:t]) > 1e-4:
+            return t, scores[t] - 1e-5
+    pytest.fail(f"no token rises above the ones before it: {scores}")
+
+
 def test_helpers_round_trip(client):
     assert "default" in client.models()
-    # ours come first; the package's shipped libraries may add more names
-    probes = {p["name"]: p for p in client.probes()}
-    assert {"sycophancy", "calm"} <= set(probes) and probes["sycophancy"]["library"].endswith("probes")
-    assert "green_red" in {v["name"] for v in client.vectors()}
-    reply = client.chat(USER, steer=[Steer("green_red", 2.0, layers="8-10")], probes=["sycophancy", "calm"],
-                        max_tokens=MAX_TOKENS, temperature=0)
+    listed = {p["name"]: p for p in client.probes()}
+    assert set(SHIPPED) <= set(listed) and listed[PROBE]["position"] == "token"
+    vector = {v["name"]: v for v in client.vectors()}[VECTOR]
+    names = [PROBE] + ([OTHER] if OTHER else [])
+    reply = client.chat(USER, steer=[Steer(VECTOR, 0.1, layers="8-10")], probes=names, max_tokens=MAX_TOKENS, temperature=0)
     (applied,) = steering_applied(reply)
-    assert applied.vector == "green_red" and applied.alpha == 2.0 and applied.op == "add"
-    assert applied.layers == [8, 9, 10] and len(applied.sha256) == 64
+    assert applied.vector == VECTOR and applied.alpha == 0.1 and applied.op == "add"
+    assert applied.layers == [8, 9, 10] and applied.sha256 == vector["sha256"]
     scores = probe_scores(reply)
-    assert scores["sycophancy"].score > 0.99 and scores["sycophancy"].flagged is True
-    assert scores["calm"].score < 0.01 and scores["calm"].flagged is False
-    assert scores["sycophancy"].layer == 12 and scores["sycophancy"].aggregate == "mean"
-    assert len(scores["sycophancy"].per_layer) == LAYERS
-    assert scores["sycophancy"].prompt_score is not None
+    assert set(scores) == set(names)
+    for name in names:
+        result = scores[name]
+        assert 0.0 <= result.score <= 1.0 and result.layer == SHIPPED[name]["best_layer"]
+        assert result.flagged == (result.score >= result.threshold)
+        assert len(result.per_layer) == LAYERS and result.prompt_score is not None
 
 
 def test_header_form_steers_too(client):
     plain = client.chat(USER, model="default", max_tokens=MAX_TOKENS, temperature=0)
-    steered = client.chat(USER, model="default", steer={"green_red": 40.0}, probes=["calm"], use_headers=True,
+    steered = client.chat(USER, model="default", steer={VECTOR: STRONG_ALPHA}, probes=[PROBE], use_headers=True,
                           max_tokens=MAX_TOKENS, temperature=0)
     assert steering_applied(plain) == []
-    assert steering_applied(steered)[0].alpha == 40.0
-    assert "calm" in probe_scores(steered)
+    assert steering_applied(steered)[0].alpha == STRONG_ALPHA
+    assert PROBE in probe_scores(steered)
     assert steered.choices[0].message.content != plain.choices[0].message.content
 
 
 def test_stream_carries_per_token_scores(client):
-    chunks = list(client.stream_chat(USER, probes=["sycophancy"], max_tokens=MAX_TOKENS, temperature=0))
-    live = [probe_scores(c)["sycophancy"] for c in chunks if "sycophancy" in probe_scores(c)]
+    chunks = list(client.stream_chat(USER, max_tokens=MAX_TOKENS, temperature=0, extra_body={"probes": {PROBE: {"per_token": True}}}))
+    live = [probe_scores(c)[PROBE] for c in chunks if PROBE in probe_scores(c)]
     tokens = [r.score for r in live if not r.is_aggregate]
     (final,) = [r for r in live if r.is_aggregate]
-    assert 1 <= len(tokens) <= MAX_TOKENS and all(0.99 < s <= 1.0 for s in tokens)
-    assert final.score > 0.99
+    assert 1 <= len(tokens) <= MAX_TOKENS and all(0.0 <= s <= 1.0 for s in tokens)
+    assert final.per_token == pytest.approx(tokens, abs=1e-6)  # the final chunk repeats what streamed, token by token
 
 
 def test_monitor_sees_live_scores_and_fires(client, tmp_path):
+    scores = _live_scores(client, [{"role": "user", "content": "What is the capital of France?"}])
+    t, threshold = _fire_point(scores, lo=1)
     fired = []
     record = tmp_path / "conversation.jsonl"
-    monitor = Monitor(client, [AlarmRule("sycophancy", 0.9, consecutive=2), AlarmRule("calm", 0.5)],
+    monitor = Monitor(client, [AlarmRule(PROBE, threshold), AlarmRule(PROBE, min(1.0, max(scores) + 1e-3))],
                       record=record, on_alarm=fired.append, max_tokens=MAX_TOKENS, temperature=0)
     events = list(monitor.say("What is the capital of France?"))
     scored = [e for e in events if e.scores]
-    assert len(scored) >= 2 and all(set(e.scores) == {"sycophancy", "calm"} for e in scored)
-    assert [a.rule.probe for a in fired] == ["sycophancy"] and fired[0].token_index == 1
+    assert [e.scores[PROBE] for e in scored] == pytest.approx(scores, abs=1e-6)
+    assert [(a.rule.threshold, a.token_index) for a in fired][:1] == [(threshold, t)]
+    assert all(a.rule.threshold == threshold for a in fired)  # the rule above every score never fires
     assert monitor.turns[0].text == "".join(e.text for e in events) and monitor.turns[0].text
     monitor.ask("Are you sure? I think it's Lyon.")
     (first, second) = read_record(record)
     assert second["turn"] == 1 and second["messages"][-1]["content"] == "Are you sure? I think it's Lyon."
     assert len(second["messages"]) == 3  # the first exchange is part of the second turn's prompt
-    assert len(first["per_token"]["sycophancy"]) == len(scored)
-    assert first["aggregates"]["sycophancy"]["flagged"] is True
-    assert [a["probe"] for a in first["alarms"]] == ["sycophancy"]
+    assert first["per_token"][PROBE] == pytest.approx(scores, abs=1e-6)
+    assert first["alarms"][0]["token_index"] == t
 
 
 def test_monitor_can_stop_the_agent(client):
-    monitor = Monitor(client, [AlarmRule("sycophancy", 0.5)], raise_on_alarm=True, max_tokens=MAX_TOKENS)
+    monitor = Monitor(client, [AlarmRule(PROBE, 0.0)], raise_on_alarm=True, max_tokens=MAX_TOKENS)
     with pytest.raises(ProbeAlarm) as info:
         monitor.ask("Tell me a story.")
     assert info.value.alarm.token_index == 0 and info.value.turn.stopped_by_alarm
+
+
+def test_monitor_relies_on_a_server_guard(client):
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    scores = _live_scores(client, question)
+    t, above = _fire_point(scores, lo=1)
+    seen = []
+    monitor = Monitor(client, guards=[ServerGuard(PROBE, above, then="stop")], probes=[PROBE], on_guard=seen.append,
+                      max_tokens=MAX_TOKENS, temperature=0)
+    turn = monitor.ask(question[0]["content"])
+    assert turn.stopped_by_guard and turn.finish_reason == "content_filter"
+    assert [(f.rule, f.token_index, f.action) for f in turn.guard_fired] == [(0, t, "stop")] and seen == turn.guard_fired
+    assert turn.per_token[PROBE] == pytest.approx(scores[: t + 1], abs=1e-6)  # nothing after the token that fired
+    # the same rule through the plain openai client, whole response
+    reply = client.chat(question, max_tokens=MAX_TOKENS, temperature=0, extra_body={"guard": [ServerGuard(PROBE, above).to_json()]})
+    assert reply.choices[0].finish_reason == "content_filter" and [f.token_index for f in guard_fired(reply)] == [t]
 
 
 def test_pushback_example(server, tmp_path):
     record = tmp_path / "pushback.jsonl"
     done = subprocess.run(
         [sys.executable, "-m", "mlx_interp.clients.examples.pushback", "--base-url", server["base_url"], "--api-key", API_KEY,
-         "--questions", "1", "--max-tokens", str(MAX_TOKENS), "--record", str(record), "--consecutive", "2"],
-        capture_output=True, text=True, cwd=str(ROOT), timeout=300,
+         "--probe", PROBE, "--questions", str(PUSHBACK_QUESTIONS), "--record", str(record), "--quiet"],
+        capture_output=True, text=True, cwd=str(ROOT), timeout=900,
     )
     assert done.returncode == 0, done.stderr
-    assert "Are you sure? I think it's Sydney." in done.stdout
-    assert "sycophancy >= 0.8 for 2 tokens: fired in 2 of 2 turns" in done.stdout
-    assert "(after pushback)" in done.stdout
-    assert len(read_record(record)) == 2
+    pushback = re.search(r"fired in (\d+) of (\d+) pushback replies", done.stdout)
+    control = re.search(r"fired in (\d+) of (\d+) control replies", done.stdout)
+    assert pushback and control, done.stdout
+    turns = read_record(record)
+    assert len(turns) == 4 * int(pushback.group(2))  # two conversations of two turns per question
+    # the claim of the example: the guard fires on a real signal and stays quiet on the control
+    assert int(pushback.group(1)) >= 1 and int(control.group(1)) == 0, done.stdout
 
 
 def test_errors_against_the_real_server(server):
@@ -200,15 +230,18 @@ def test_errors_against_the_real_server(server):
         with pytest.raises(ServerError, match=r"HTTP 400") as info:
             good.chat(USER, model="default", steer={"no_such_vector": 1.0}, max_tokens=2)
         assert "no_such_vector" in str(info.value) and "\n" not in str(info.value)
+        with pytest.raises(ServerError, match=r"HTTP 400") as info:
+            good.chat(USER, model="default", max_tokens=2, extra_body={"guard": [{"probe": "no_such_probe", "above": 0.5, "then": "stop"}]})
+        assert "no_such_probe" in str(info.value)
 
 
 def test_chat_through_a_pipe(server):
-    script = "/steer green_red 2\n/probes sycophancy\nWhat colour is grass?\n/steer off\nAnd the sky?\n/history\n"
+    script = f"/steer {VECTOR} 0.1\n/probes {PROBE}\nWhat colour is grass?\n/steer off\nAnd the sky?\n/history\n"
     done = run_chat_piped(["--base-url", server["base_url"], "--api-key", API_KEY, "--max-tokens", str(MAX_TOKENS),
                            "--temperature", "0"], script)
     assert done.returncode == 0, done.stderr
-    assert "steering: green_red=2" in done.stdout and "steering: off" in done.stdout
-    assert done.stdout.count("[probes] sycophancy mean") == 2
+    assert f"steering: {VECTOR}=0.1" in done.stdout and "steering: off" in done.stdout
+    assert done.stdout.count(f"[probes] {PROBE} mean") == 2
     assert "user: What colour is grass?" in done.stdout and "user: And the sky?" in done.stdout
     assert "\x1b[" not in done.stdout
 
@@ -216,18 +249,19 @@ def test_chat_through_a_pipe(server):
 def test_chat_in_a_terminal(server):
     chat = PtyChat(["--base-url", server["base_url"], "--max-tokens", str(MAX_TOKENS), "--temperature", "0"],
                    MLX_INTERP_API_KEY=API_KEY)
+    names = [PROBE] + ([OTHER] if OTHER else [])
     try:
         assert b"default" in chat.read_until(PROMPT, timeout=60)
-        assert b"steering: green_red=1.5" in chat.exchange("/steer green_red 1.5")
-        assert b"probes: sycophancy, calm" in chat.exchange("/probes sycophancy calm")
+        assert f"steering: {VECTOR}=0.1".encode() in chat.exchange(f"/steer {VECTOR} 0.1")
+        assert f"probes: {', '.join(names)}".encode() in chat.exchange(f"/probes {' '.join(names)}")
         out = chat.exchange("Hello!", timeout=120)
-        assert b"[\x1b[31msycophancy " in out  # the live meter, red for a score near 1
-        assert b"calm \xe2\x96\x81 0.00" in out
-        assert b"[probes] sycophancy mean 1.00" in out or b"[probes] sycophancy mean 0.99" in out
+        # the live meter: the token probe's name, a bar and its score, coloured by the score
+        assert re.search(rb"\[\x1b\[3[123]m" + PROBE[:12].encode() + rb" \S+ [01]\.\d\d\x1b\[0m", out), out
+        assert re.search(rb"\[probes\] " + PROBE.encode() + rb" mean [01]\.\d\d max [01]\.\d\d", out), out
         assert b"probes: off" in chat.exchange("/probes off")
         out = chat.exchange("/steer nope 1")
         assert b"error: the server has no vector 'nope' (it has: " in out
-        assert b"steering: green_red=5000" in chat.exchange("/steer green_red 5000")
+        assert f"steering: {VECTOR}=5000".encode() in chat.exchange(f"/steer {VECTOR} 5000")
         out = chat.exchange("Hi again", timeout=120)
         assert b"error: " in out and b"alpha" in out and b"(HTTP 400)" in out and b"Traceback" not in out
         out = chat.exchange("/history")

@@ -1,6 +1,7 @@
 """The OpenAI protocol and the extension fields, against a real server on the tiny llama model."""
 
 import base64
+import json
 
 import httpx
 import openai
@@ -50,9 +51,16 @@ def test_start_reports_refused_artifacts_and_a_working_curl_line(tiny_server, cl
     assert len(ours) == 1 and "broken.json" in ours[0] and "invalid JSON" in ours[0]
     assert all(line.count("\n") == 0 and ": " in line for line in refused)
     curl = next(line for line in log.splitlines() if line.startswith("try: curl "))
-    assert '"steer": {"pull": -6.0}' in curl and '"probes": ["alpha_probe"]' in curl
-    names = [v["name"] for v in client.get("/v1/steering/vectors").json()["data"]]
-    assert names == ["pull", "push"]
+    assert '"steer": [{"vector": "pull", "alpha": [0, -6.0]}]' in curl and '"probes": ["alpha_probe"]' in curl
+    # the body it prints works: unsteered and steered side by side
+    body = json.loads(curl.split(" -d '", 1)[1].rstrip("'"))
+    data = client.post("/v1/chat/completions", json=body).json()
+    assert body["n"] == 2 and body["temperature"] == 0 and len(data["choices"]) == 2
+    assert data["steering"]["applied"][0]["alpha"] == [0, -6.0]
+    listed = client.get("/v1/steering/vectors").json()["data"]
+    assert [v["name"] for v in listed] == ["pull", "push"]
+    # uncalibrated vectors are served and say so; random test directions keep the per-layer unit
+    assert all(v["calibrated"] is False and v["alpha_unit"] == "per_layer" for v in listed)
 
 
 def test_models_list_has_default_real_id_and_presets(client):

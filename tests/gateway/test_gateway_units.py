@@ -73,10 +73,68 @@ def test_build_plan_uses_the_vector_intervention(tiny_llama, tmp_path):
     plan = steer_spec.build_plan(entries, 2, shelf, Limits())
     assert [c[0].alpha for c in plan.per_choice] == [0.5, -2.0]
     assert plan.per_choice[0][0].layers == (3,)
-    assert plan.applied == [{"vector": "v", "alpha": [0.5, -2.0], "op": "add", "layers": [3], "scope": "all", "sha256": lib.get("v").sha256}]
+    assert plan.applied == [
+        {"vector": "v", "alpha": [0.5, -2.0], "op": "add", "layers": [3], "scope": "all", "sha256": lib.get("v").sha256,
+         "per_layer_alpha": [0.5, -2.0], "alpha_unit": "per_layer", "warnings": []}
+    ]
     with pytest.raises(BadRequest) as err:
         steer_spec.build_plan(steer_spec.parse_body({"w": 1}, 1, Limits()), 1, shelf, Limits())
     assert err.value.param == "steer"
+
+
+def _calibrated_library(tiny_llama, tmp_path):
+    """A class-mean vector 'cm' over layers 1-3, calibrated coherent on [-1, 2]."""
+    from mlx_interp.gateway.catalog import Shelf
+    from mlx_interp.steering.vectors import SteeringVector, VectorLibrary, build_metadata
+
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal(tiny_llama.hidden_size)
+    directions = np.stack([base * (1 + l) for l in range(tiny_llama.num_layers)]).astype(np.float32)
+    meta = build_metadata("cm", hidden_size=tiny_llama.hidden_size, num_layers=tiny_llama.num_layers, method="mean_diff",
+                          recommended_layers=[1, 2, 3], model_fingerprint=tiny_llama.fingerprint)
+    meta["calibrated"] = True
+    meta["calibration"] = {"coherent_range": [-1.0, 2.0], "recommended_alpha": 2.0}
+    SteeringVector("cm", directions, meta).save(tmp_path)
+    lib = VectorLibrary(tmp_path, fingerprint=tiny_llama.fingerprint, hidden_size=tiny_llama.hidden_size, num_layers=tiny_llama.num_layers)
+    assert lib.load_all() == []
+    return Shelf([lib])
+
+
+def test_echo_reports_the_per_layer_alpha_and_warns_beyond_the_coherent_range(tiny_llama, tmp_path):
+    shelf = _calibrated_library(tiny_llama, tmp_path)
+    plan = steer_spec.build_plan(steer_spec.parse_body({"cm": [1.5, 3.0]}, 2, Limits()), 2, shelf, Limits())
+    (applied,) = plan.applied
+    assert applied["alpha_unit"] == "class_mean_total"
+    # directions (1+l)·base at layers 1-3 are parallel: c = alpha / 3, whatever their sizes
+    assert applied["per_layer_alpha"] == pytest.approx([0.5, 1.0])
+    assert len(applied["warnings"]) == 1 and "alpha 3" in applied["warnings"][0] and "[-1, 2]" in applied["warnings"][0]
+    assert [c[0].alpha for c in plan.per_choice] == [1.5, 3.0]  # applied anyway
+    inside = steer_spec.build_plan(steer_spec.parse_body({"cm": 2.0}, 1, Limits()), 1, shelf, Limits())
+    assert inside.applied[0]["warnings"] == [] and inside.applied[0]["per_layer_alpha"] == pytest.approx(2 / 3)
+    reflect = steer_spec.build_plan(steer_spec.parse_body([{"vector": "cm", "op": "reflect", "alpha": 1.0}], 1, Limits()), 1, shelf, Limits())
+    assert reflect.applied[0]["per_layer_alpha"] == 1.0 and reflect.applied[0]["warnings"] == []
+
+
+@pytest.mark.parametrize(
+    "steer, limit, value",
+    [
+        ({"cm": 51}, "50", "51"),
+        ([{"vector": "cm", "op": "reflect", "alpha": 2.5}], "2", "2.5"),
+        ([{"vector": "cm", "op": "ablate", "alpha": -1.6}], "1.5", "-1.6"),
+        ([{"vector": "cm", "op": "clamp", "value": 20000}], "10000", "20000"),
+    ],
+)
+def test_each_op_has_its_own_hard_limit(steer, limit, value):
+    with pytest.raises(BadRequest) as err:
+        steer_spec.parse_body(steer, 1, Limits())
+    assert err.value.param == "steer"
+    assert f"at most {limit} " in str(err.value) and value in str(err.value)
+
+
+def test_reflect_and_ablate_within_their_limits_are_accepted():
+    (r,) = steer_spec.parse_body([{"vector": "cm", "op": "reflect", "alpha": 2.0}], 1, Limits())
+    (a,) = steer_spec.parse_body([{"vector": "cm", "op": "ablate", "alpha": 1.5}], 1, Limits())
+    assert (r.alpha, a.alpha) == (2.0, 1.5)
 
 
 def test_limits_from_flags_and_environment():

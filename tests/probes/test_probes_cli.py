@@ -57,13 +57,21 @@ def test_train_list_show_score(tmp_path, tiny_model_dirs, tiny_llama, labelled, 
     assert "flagged:" in scored and sum("<- best" in l for l in scored.splitlines()) == 1
 
 
-def test_diff_means_and_mean_position(tmp_path, tiny_model_dirs, labelled, capsys):
+def test_diff_means_and_token_position(tmp_path, tiny_model_dirs, labelled, capsys):
     out = tmp_path / "lib"
-    rc = main(["probes", "train", "--data", str(labelled), "--name", "dm", "--model", str(tiny_model_dirs["llama"]),
-               "--out", str(out), "--method", "diff_means", "--position", "mean", "--folds", "2"])
+    answered = tmp_path / "answered.jsonl"  # a token probe needs an answer in every row
+    rows = [json.loads(l) for l in labelled.read_text().splitlines()]
+    answered.write_text("".join(json.dumps(r) + "\n" for r in rows if "messages" not in r or len(r["messages"]) == 2))
+    rc = main(["probes", "train", "--data", str(answered), "--name", "dm", "--model", str(tiny_model_dirs["llama"]),
+               "--out", str(out), "--method", "diff_means", "--position", "token", "--folds", "2",
+               "--layers", "1-2", "--aggregation", "ema", "--ema-window", "3"])
     assert rc == 0
     probe = Probe.load(out / "dm.json")
-    assert probe.metadata["method"] == "diff_means" and probe.metadata["position"] == "mean"
+    assert probe.metadata["method"] == "diff_means" and probe.position == "token" and probe.per_token
+    assert probe.layers == (1, 2) and probe.metadata["selection"]["band_declared_before_looking"] is True
+    assert probe.aggregation == "ema" and probe.ema_window == 3
+    assert probe.threshold == probe.metadata["aggregate_thresholds"]["ema"]
+    assert probe.metadata["n_examples"] > probe.metadata["n_responses"]  # one row per token
     assert probe.labels == ["food", "weather"]  # string labels without --positive-label: later in sorted order
 
 

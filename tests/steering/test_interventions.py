@@ -21,12 +21,14 @@ def _directions(lm, seed=0, norm=3.0):
 class _InOutHook:
     """Records each layer's hidden state before and after the steering."""
 
+    wants_block_input = True
+
     def __init__(self, steering):
         self.steering = steering
         self.seen = {}
 
-    def __call__(self, layer, h):
-        out = self.steering.apply(layer, h) if self.steering is not None else h
+    def __call__(self, layer, h, block_input=None):
+        out = self.steering.apply(layer, h, block_input) if self.steering is not None else h
         self.seen[layer] = (np.array(h[0]), np.array(out[0]))
         return out
 
