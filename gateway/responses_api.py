@@ -230,9 +230,8 @@ def extension_fields(spec, state) -> dict:
     out = {"steering": {"applied": spec.steering_applied}}
     if spec.probes:
         out["probes"] = state.readings.result()
-    guard = getattr(state, "guard", None)
-    if guard:
-        out["guard"] = guard
+    if spec.choices[0].guard:  # the rules asked for: what fired (maybe nothing), as on a chat choice
+        out["guard"] = {"fired": state.guard_fired}
     return out
 
 
@@ -280,7 +279,11 @@ async def stream(run, shape: ResponseShape):
                         yield b
                 fields = {}
                 if ev.reading is not None:
-                    fields["probes"] = st.readings.best(ev.reading)
+                    live = st.readings.best(ev.reading)
+                    if live:
+                        fields["probes"] = live
+                if getattr(ev, "guard", None):
+                    fields["guard"] = {"fired": ev.guard}
                 if ev.text or fields:
                     yield event("response.output_text.delta", item_id=shape.message_id, output_index=0, content_index=0,
                                 delta=ev.text, logprobs=[], **fields)

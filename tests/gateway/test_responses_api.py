@@ -153,3 +153,13 @@ def test_bad_responses_input_is_a_400_naming_the_field(tiny_server, fields, para
     r = _post(tiny_server, {"model": "default", "input": "Hi", "max_output_tokens": 4, **fields})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param, r.json()
+
+
+def test_a_guard_that_stops_ends_the_response_as_content_filtered(tiny_server):
+    guard = [{"probe": "alpha_probe", "above": 0.0, "then": "stop"}]  # any score: fires on the first token
+    r = _post(tiny_server, {"model": "default", "input": "Hi", "max_output_tokens": 8, "temperature": 0, "guard": guard})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    validate(body, "Response")
+    assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "content_filter"}
+    assert body["guard"]["fired"] and body["guard"]["fired"][0]["action"] == "stop"
