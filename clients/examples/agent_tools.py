@@ -2,7 +2,7 @@
 
     pip install 'mlx-interp[agents]'
     mlx-interp serve &
-    python -m mlx_interp.clients.examples.agent_tools [--api chat|responses] [--probe sycophancy]
+    python -m mlx_interp.clients.examples.agent_tools [--api chat|responses] [--probe concession]
 
 The agent has one function tool, get_weather. The first turn must call it
 (tool_choice "required"; the SDK then returns to "auto"), the tool's result
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     ap.add_argument("--api", choices=("responses", "chat"), default="responses")
-    ap.add_argument("--probe", default="sycophancy")
+    ap.add_argument("--probe", default="concession", help="a probe read at every token (position token)")
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--record", default=None, help="JSONL file for the monitor's turns")
     args = ap.parse_args(argv)

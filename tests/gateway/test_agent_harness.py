@@ -16,7 +16,7 @@ pytest.importorskip("agents", reason="openai-agents is in the test extra")  # in
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
 
-PROBE = "sycophancy"  # shipped with the default model
+PROBE = "concession"  # shipped with the default model, read at every token
 
 
 @pytest.fixture(scope="module")
