@@ -5,7 +5,7 @@ them a client from here and every non-streamed chat completion or Responses
 reply they get is recorded as a monitor turn (with the per-token scores of
 the monitor's probes and its alarm rules), without touching the framework:
 
-    monitor = Monitor(None, rules=[AlarmRule("sycophancy", 0.9)], record="agent.jsonl")
+    monitor = Monitor(None, rules=[AlarmRule("concession", 0.9)], record="agent.jsonl")
     client = monitored_async_openai(monitor, "http://127.0.0.1:8000/v1")
     model = OpenAIResponsesModel("default", openai_client=client)
     agent = Agent(..., model=model, model_settings=ModelSettings(extra_body=monitor.request_body()))
