@@ -340,6 +340,16 @@ class Monitor:
             scores = {n: v[index] for n, v in readings.items() if index < len(v) and v[index] is not None}
             self._check(states, scores, turn, index)
 
+    def observe(self, response: Any, messages: list[dict]) -> "TurnRecord":
+        """Record a whole (non-streamed) reply that someone else requested: a chat completion or a Responses object.
+
+        For agent frameworks that make their own requests (see clients.harness);
+        the request must have asked for the monitor's probes (`request_body()`).
+        The rules are judged on the reply's per-token scores.
+        """
+        list(self.watch([_as_chunk(response)], messages))
+        return self.turns[-1]
+
     def say(self, content: str, **options: Any) -> Iterator[TokenEvent]:
         """Add a user message, stream the reply, and keep it in the conversation."""
         self.messages.append({"role": "user", "content": content})
@@ -371,3 +381,24 @@ def read_record(path: str | Path) -> list[dict]:
     """The turns of a monitor's JSONL record."""
     with Path(path).open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _as_chunk(response: Any) -> dict:
+    """A whole reply as one stream-like chunk the watcher reads: its text (or calls), finish reason, probes, steering."""
+    data = response if isinstance(response, dict) else response.model_dump()
+    if data.get("object") == "response":  # the Responses API: one answer, extension fields on the response
+        texts = []
+        for item in data.get("output") or []:
+            if item.get("type") == "message":
+                texts += [part.get("text", "") for part in item.get("content") or []]
+            elif item.get("type") == "function_call":
+                texts.append(json.dumps({"name": item.get("name"), "arguments": item.get("arguments")}))
+        choice = {"index": 0, "delta": {"content": "".join(texts)}, "finish_reason": data.get("status"), "probes": data.get("probes")}
+        return {"choices": [choice], "steering": data.get("steering")}
+    choice = (data.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    text = message.get("content") or ""
+    for call in message.get("tool_calls") or []:
+        text += json.dumps({"name": call["function"]["name"], "arguments": call["function"]["arguments"]})
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": choice.get("finish_reason"), "probes": choice.get("probes")}],
+            "steering": data.get("steering")}

@@ -28,6 +28,7 @@ from .jsonio import JSONResponse, dumps, error_response, nesting_depth, read_jso
 from .limits import Limits
 from .metrics import Metrics
 from .protocol import CHAT, TEXT, model_object, now
+from . import responses_api
 from .responder import Run, SSEResponse, wait_for_response
 from .validation import Context, parse_request
 
@@ -130,6 +131,18 @@ async def _generate(request, kind: str):
     if result is None:
         return Response(status_code=CLIENT_GONE)
     return await run_in_threadpool(JSONResponse, result)
+
+
+async def responses(request):
+    gw: Gateway = request.app.state.gateway
+    body = await read_json_object(request, gw.limits.max_body_bytes)
+    spec, shape = responses_api.parse(body, request.headers, gw.context(), parse_request)
+    run = Run(gw.engine, spec, on_finish=lambda tokens: gw.metrics.observe_generation(spec, tokens))
+    if spec.stream:
+        return SSEResponse(run, content=responses_api.stream(run, shape))
+    if await wait_for_response(run, request) is None:
+        return Response(status_code=CLIENT_GONE)
+    return JSONResponse(responses_api.whole(run, shape))
 
 
 async def chat_completions(request):
@@ -275,6 +288,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
         *playground.routes(),

@@ -38,6 +38,7 @@ import numpy as np
 
 from mlx_interp.steering.generation import steering_session
 
+from . import constraints
 from .admission import Admission, PromptGroup
 from .echo_logprobs import prompt_entries, prompt_logprobs_k
 from .errors import QueueFull, Unavailable, as_api_error, one_line
@@ -67,10 +68,11 @@ class Part:
     """Outputs of one forward pass for some consecutive rows of the batch."""
 
     rows: list
-    sampled: Sampled
+    sampled: Sampled | None  # None until a batch with constrained rows has its masks (see _sample_constrained)
     scores: object = None  # mx (b, L, P) readings of the tokens fed in that pass
     bank: object = None
     finite: object = None  # mx (b,) bool: the row's logits were all finite
+    logits: object = None  # kept only while sampling waits for grammar masks
     _host: object = None  # scores as numpy, read once
 
     def host_scores(self):
@@ -106,6 +108,7 @@ class Engine:
         self._prompt_cache = PromptCache(limits.prompt_cache_entries, limits.prompt_cache_bytes)
         self._probes = BankKeeper(lm.num_layers, lm.hidden_size)
         self._texts = TokenTexts(lm.tokenizer)
+        self._grammars = constraints.GrammarEngine(lm.tokenizer, self.vocab_size)
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="mlx-interp-model", daemon=True)
@@ -202,6 +205,7 @@ class Engine:
                 nxt = self._launch(cur) if cur else None
                 if cur:
                     self._consume(cur)
+                nxt = self._sample_constrained(nxt)
                 nxt = self._drop_finished(nxt)
                 cur = self._admit(nxt)
             except Exception as exc:  # noqa: BLE001 - a failed step fails the rows in it, not the thread
@@ -238,14 +242,33 @@ class Engine:
         tokens = cur[0].sampled.tokens if len(cur) == 1 else mx.concatenate([p.sampled.tokens for p in cur])
         capture = any(r.wants_probes for r in rows)
         logits, hidden = self._batch.step(tokens, capture=capture)
-        sampled = sample(logits, [r.sampler for r in rows])
         finite = finite_rows(logits)
         scores = self._probes.bank.scores(hidden) if capture else None
-        mx.async_eval(sampled.arrays() + [finite] + ([scores] if scores is not None else []))
+        bank = self._probes.bank if capture else None
         self.steps += 1
         if self._fault_after and self.steps >= self._fault_after:
             raise ModelThreadFault(f"injected by {FAULT_ENV}")
-        return [Part(list(rows), sampled, scores, self._probes.bank if capture else None, finite)]
+        if any(r.constraint is not None for r in rows):
+            # The masks need the tokens of the step being read now: run the forward pass, sample later.
+            mx.async_eval([logits, finite] + ([scores] if scores is not None else []))
+            return [Part(list(rows), None, scores, bank, finite, logits=logits)]
+        sampled = sample(logits, [r.sampler for r in rows])
+        mx.async_eval(sampled.arrays() + [finite] + ([scores] if scores is not None else []))
+        return [Part(list(rows), sampled, scores, bank, finite)]
+
+    def _sample_constrained(self, parts: list[Part] | None) -> list[Part] | None:
+        """Sample a launched step whose rows include grammar-constrained ones, now that their matchers saw the last tokens."""
+        for part in parts or ():
+            if part.sampled is None:
+                logits = self._masked(part.logits, part.rows)
+                part.sampled = sample(logits, [r.sampler for r in part.rows])
+                part.logits = None
+                mx.async_eval(part.sampled.arrays())
+        return parts
+
+    def _masked(self, logits, rows):
+        masks = constraints.bitmasks([None if r.done else r.constraint for r in rows])
+        return logits if masks is None else constraints.apply_masks(logits, masks, self._grammars)
 
     def _consume(self, parts: list[Part]) -> None:
         outbox: dict[Job, list] = {}
@@ -474,8 +497,9 @@ class Engine:
             texts=self._texts,
             reported=len(spec.probes),
             guard=guard,
+            constraint=self._grammars.matcher(spec.grammar) if spec.grammar is not None else None,
         )
-        first = sample(row_pre.logits[None], [row.sampler])
+        first = sample(self._masked(row_pre.logits[None], [row]), [row.sampler])
         mx.async_eval(first.arrays())
         self._batch.add(row, row_pre, ivs)
         parts.append(Part([row], first))

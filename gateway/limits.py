@@ -54,6 +54,8 @@ class Limits:
     drain_s: float = _limit(60.0, "seconds SIGTERM waits for running requests to finish before cancelling them")
     max_guard_rules: int = _limit(8, "most guard rules per request (body and preset together)")
     max_guard_tokens: int = _limit(64, "largest for_tokens of a guard rule (consecutive tokens above the threshold)")
+    max_tools: int = _limit(64, "most function tools in one request")
+    max_schema_chars: int = _limit(65536, "longest JSON Schema (response_format, one tool's parameters), as JSON text")
 
 
 def limit_docs() -> list[tuple[str, object, str]]:

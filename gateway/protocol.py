@@ -88,6 +88,8 @@ class GenerationSpec:
     echo: bool = False
     prompt_texts: list[str] = field(default_factory=list)  # per choice, for echo
     steering_applied: list[dict] = field(default_factory=list)
+    grammar: object = None  # constraints.Grammar every choice's tokens must follow
+    output: object = None  # tools.ToolOutput: how the text becomes tool calls (chat with tools)
     guard_probes: tuple[ProbeRequest, ...] = ()  # probes only guards read (not reported)
 
     @property

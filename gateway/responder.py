@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from starlette.responses import StreamingResponse
 
+from . import tools
 from .echo_logprobs import echoed_logprobs
 from .events import ChoiceEnd, Failed, Job, PromptRead, TokenOut
 from .jsonio import dumps
@@ -105,7 +106,10 @@ class Run:
             text = "".join(st.text)
             item = {"index": c.index, "finish_reason": st.finish_reason}
             if spec.kind == CHAT:
-                item["message"] = {"role": "assistant", "content": text, "refusal": None}
+                content, calls, item["finish_reason"] = tools.finish(spec.output, text, st.finish_reason)
+                item["message"] = {"role": "assistant", "content": content, "refusal": None}
+                if calls:
+                    item["message"]["tool_calls"] = calls
                 item["logprobs"] = (
                     {"content": [chat_logprob_entry(*e) for e in st.logprobs], "refusal": None}
                     if spec.sampling.logprobs
@@ -157,7 +161,8 @@ class Run:
                     item["logprobs"] = echoed_logprobs(ev.prompt_logprobs or [], [], 0, spec.sampling.top_logprobs > 0)
                     yield self._chunk([item])
                 elif isinstance(ev, TokenOut):
-                    item = self._choice(ev.index, ev.text)
+                    held = spec.output is not None and spec.output.may_call("".join(self.choices[ev.index].text))
+                    item = self._choice(ev.index, None if held else ev.text)  # calls go out whole at the end
                     if ev.logprob is not None:
                         entry = (ev.token_text, ev.logprob, ev.top)
                         if spec.kind == CHAT:
@@ -169,11 +174,19 @@ class Run:
                         item["probes"] = live
                     if ev.guard:
                         item["guard"] = {"fired": ev.guard}
-                    if ev.text or "logprobs" in item or "probes" in item or "guard" in item:
+                    if (ev.text and not held) or "logprobs" in item or "probes" in item or "guard" in item:
                         yield self._chunk([item])
                 elif isinstance(ev, ChoiceEnd):
                     st = self.choices[ev.index]
-                    item = self._choice(ev.index, ev.text, finish=ev.finish_reason)
+                    finish, tail = ev.finish_reason, ev.text
+                    if spec.output is not None and spec.output.may_call("".join(st.text)):
+                        content, calls, finish = tools.finish(spec.output, "".join(st.text), ev.finish_reason)
+                        if calls:
+                            yield self._chunk([{"index": ev.index, "delta": {"tool_calls": tools.call_deltas(calls)}, "finish_reason": None}])
+                            tail = None
+                        else:
+                            tail = content  # not calls after all (cut off): the held text goes out now
+                    item = self._choice(ev.index, tail, finish=finish)
                     if spec.probes:
                         item["probes"] = st.readings.result()
                     if ev.guard:
@@ -220,8 +233,9 @@ async def wait_for_response(run: Run, request) -> dict | None:
 class SSEResponse(StreamingResponse):
     """A stream that cancels its run however it ends (finished, client gone, server stopping)."""
 
-    def __init__(self, run: Run, **kwargs):
-        super().__init__(run.stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}, **kwargs)
+    def __init__(self, run: Run, content=None, **kwargs):
+        content = run.stream() if content is None else content
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}, **kwargs)
         self.run = run
 
     async def __call__(self, scope, receive, send):

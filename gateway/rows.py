@@ -48,8 +48,9 @@ class RowState:
     guard: object = None  # guards.RowGuard when the choice has guard rules
     generated: int = 0
     first: bool = True
+    constraint: object = None  # constraints.RowConstraint: the grammar this row's tokens must follow
     held: tuple | None = None  # (token, logprob, top) waiting for its reading
-    draining: bool = False  # reached max_tokens; one more step to read the held token
+    draining: str | None = None  # the finish reason, once the held token is the last; one more step to read it
     done: bool = False
     _columns: tuple = (None, [])  # (bank, this row's probe columns in it): looked up once per bank
 
@@ -68,6 +69,8 @@ class RowState:
 
     def advance(self, token: int, logprob, top, reading, events: list) -> None:
         """Take the token sampled for this row in the last step (and the reading of the token fed in it)."""
+        if self.constraint is not None:
+            self.constraint.consume(token)
         if self.first:
             self.first = False  # the prompt's reading went out with PromptRead
         elif self.held is not None:
@@ -78,17 +81,22 @@ class RowState:
             if self.done:
                 return
             if self.draining:
-                return self.finish("length", events)
+                return self.finish(self.draining, events)
         if token in self.eos:
             return self.finish("stop", events)
         self.generated += 1
+        # A grammar that has matched a whole document ends the row now: only the end could follow.
+        if self.constraint is not None and self.constraint.complete:
+            ending = "stop"
+        else:
+            ending = "length" if self.generated >= self.max_tokens else None
         if self.wants_probes:
             self.held = (token, logprob, top)
-            self.draining = self.generated >= self.max_tokens
+            self.draining = ending
             return
         self._emit(token, logprob, top, None, events)
-        if not self.done and self.generated >= self.max_tokens:
-            self.finish("length", events)
+        if not self.done and ending:
+            self.finish(ending, events)
 
     def _emit(self, token: int, logprob, top, reading, events: list) -> None:
         self.detok.add_token(token)

@@ -11,7 +11,7 @@ from .errors import BadRequest, NotFound
 from .limits import Limits
 from .presets import Preset
 from .protocol import CHAT, TEXT, ChoiceSpec, GenerationSpec
-from . import guard_spec, probe_spec, steer_spec
+from . import guard_spec, probe_spec, response_format, steer_spec, tool_formats, tools
 from .sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from .catalog import Shelf
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
-UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "suffix", "audio", "prediction")
+# functions / function_call are the deprecated forms of tools / tool_choice: use those.
+UNSUPPORTED = ("functions", "function_call", "suffix", "audio", "prediction")
 SEED_RANGE = (-(2**63), 2**64 - 1)
 _TOKEN_ID = re.compile(r"[0-9]{1,10}")
 
@@ -91,6 +92,7 @@ def _messages(body: dict, ctx: Context) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise _type_error("messages", "a non-empty list of {role, content} objects", messages)
     out = []
+    call_ids: set = set()  # ids of the tool calls so far: a tool message must answer one
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -110,15 +112,22 @@ def _messages(body: dict, ctx: Context) -> list[dict]:
             content = "".join(parts)
         elif not isinstance(content, str):
             raise BadRequest(f"{where}.content must be a string or a list of text parts", param="messages")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
+        entry = {"role": "system" if role == "developer" else role, "content": content}
+        if role == "assistant":
+            calls = tools.history_calls(m, where, call_ids)
+            if calls:
+                entry["tool_calls"] = calls
+        elif role == "tool":
+            entry["tool_call_id"] = tools.check_tool_message(m, where, call_ids)
+        out.append(entry)
     return out
 
 
-def _chat_tokens(messages: list[dict], ctx: Context) -> list[int]:
+def _chat_tokens(messages: list[dict], ctx: Context, template_tools: list | None = None) -> list[int]:
     from mlx_interp.steering.chat_template import render_chat  # the rendering capture and training use too
 
     try:
-        return render_chat(ctx.tokenizer, messages)
+        return render_chat(ctx.tokenizer, messages, tools=template_tools)
     except Exception as exc:  # jinja templates raise their own errors for role orders they refuse
         raise BadRequest(f"messages do not fit the model's chat template: {str(exc)[:200]}", param="messages") from None
 
@@ -241,9 +250,16 @@ def parse_request(body: dict, headers, kind: str, ctx: Context) -> GenerationSpe
     for name in UNSUPPORTED:
         if body.get(name) not in (None, [], {}):
             raise BadRequest(f"{name} is not supported by this server", param=name)
-    fmt = body.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
-        raise BadRequest("response_format: only {\"type\": \"text\"} is supported", param="response_format")
+    answer = response_format.parse_chat(body.get("response_format"), limits.max_schema_chars)
+    toolset = tools.parse_choice(
+        body.get("tool_choice"),
+        tools.parse_tools(body.get("tools"), flat=False, max_tools=limits.max_tools, max_schema_chars=limits.max_schema_chars),
+        body.get("parallel_tool_calls"),
+        flat=False,
+    )
+    tool_format = tool_formats.for_tokenizer(ctx.tokenizer)
+    if toolset.tools and kind != CHAT:
+        raise BadRequest("tools are only supported on /v1/chat/completions and /v1/responses", param="tools")
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _type_error("user", "a string", user)
@@ -291,7 +307,8 @@ def parse_request(body: dict, headers, kind: str, ctx: Context) -> GenerationSpe
     stop = _stop(body, limits)
 
     if kind == CHAT:
-        prompts, texts = [_chat_tokens(_messages(body, ctx), ctx)], [""]
+        rendered, template_tools = tools.render(_messages(body, ctx), toolset, tool_format)
+        prompts, texts = [_chat_tokens(rendered, ctx, template_tools)], [""]
     else:
         prompts, texts = _prompts(body, ctx)
     for i, p in enumerate(prompts):
@@ -336,5 +353,7 @@ def parse_request(body: dict, headers, kind: str, ctx: Context) -> GenerationSpe
         echo=echo,
         prompt_texts=[texts[c.index // n] for c in choices],
         steering_applied=plan.applied,
+        grammar=tools.grammar(toolset, answer, tool_format),
+        output=tools.ToolOutput(toolset, tool_format) if toolset.active else None,
         guard_probes=guard_probes,
     )

@@ -29,18 +29,20 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool | None = None) -> list[int]:
+def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool | None = None, tools: list | None = None) -> list[int]:
     """Token ids of `messages` in the model's chat template (or the plain fallback).
 
     `add_generation_prompt` defaults to wants_generation_prompt(messages). Errors from
     the template itself (jinja refusing a role order, say) propagate to the caller.
+    `tools` (OpenAI function tools) go to a template that renders tools itself.
     """
     if add_generation_prompt is None:
         add_generation_prompt = wants_generation_prompt(messages)
     if not has_chat_template(tokenizer):
         text = "".join(FALLBACK_LINE.format(role=m["role"], content=m["content"]) for m in messages)
         return list(tokenizer.encode(text + (FALLBACK_GENERATION_CUE if add_generation_prompt else "")))
-    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=True)
+    extra = {"tools": tools} if tools else {}
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=True, **extra)
     if isinstance(ids, dict) or hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
         ids = ids["input_ids"]
     return [int(t) for t in ids]

@@ -108,8 +108,9 @@ CASES = [
     Case("logit-bias-bad-key", chat(logit_bias={"abc": 1}), 400, "logit_bias"),
     Case("logit-bias-out-of-range", chat(logit_bias={"5": 1000}), 400, "logit_bias"),
     Case("logit-bias-token-out-of-vocab", chat(logit_bias={"99999999": 1}), 400, "logit_bias"),
-    Case("tools-unsupported", chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
-    Case("response-format-json", chat(response_format={"type": "json_object"}), 400, "response_format"),
+    Case("tools-not-function", chat(tools=[{"type": "retrieval"}]), 400, "tools"),
+    Case("functions-deprecated", chat(functions=[{"name": "f"}]), 400, "functions"),
+    Case("response-format-unknown-type", chat(response_format={"type": "yaml"}), 400, "response_format.type"),
     # -- steering
     Case("steer-unknown-vector", chat(steer={"nope": 1.0}), 400, "steer"),
     Case("steer-path-like-name", chat(steer={"../../etc/passwd": 1.0}), 400, "steer"),
