@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # keys that only appear in a probe's aggregate result (the response or the final stream chunk)
-AGGREGATE_KEYS = ("aggregate", "per_layer", "per_token", "prompt_score", "threshold", "flagged", "layer")
+# Keys only a whole-choice result has. Not per_layer: a streamed token's reading carries its
+# per-layer curve too when per_token was asked for (the playground draws it).
+AGGREGATE_KEYS = ("aggregate", "per_token", "prompt_score", "threshold", "flagged", "layer")
 
 
 def extra_field(obj: Any, name: str) -> Any:

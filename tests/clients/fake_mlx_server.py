@@ -160,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
         # The real server's wording (test_clients_chat_real_server.py pins it there).
         for i, s in enumerate(steer):
             if abs(s["alpha"]) > script.max_alpha:
-                message = f"steer[{i}]: |alpha| must be at most {script.max_alpha:g} (--max-alpha), got {float(s['alpha'])!r}"
+                message = f"steer[{i}]: |alpha| must be at most {script.max_alpha:g} for add (--max-alpha), got {float(s['alpha'])!r}"
                 return self._send(*_error(400, message, "invalid_request_error", "steer"))
         for s in steer:
             if s["vector"] not in script.vectors:

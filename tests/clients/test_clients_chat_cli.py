@@ -46,7 +46,7 @@ def test_bad_request_is_one_line_and_a_script_fails(server):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "error: the server has no vector 'nope' (it has: calm, green_red)",
-        "error: steer[0]: |alpha| must be at most 100 (--max-alpha), got 500.0 (HTTP 400)",
+        "error: steer[0]: |alpha| must be at most 100 for add (--max-alpha), got 500.0 (HTTP 400)",
     ]
     assert done.stdout.count("The answer is 4.") == 1  # the session went on after the errors
 

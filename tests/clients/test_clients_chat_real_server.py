@@ -41,7 +41,7 @@ def test_alpha_over_the_limit_is_the_servers_one_line_and_the_session_goes_on(re
     done = _chat(real_server, "/steer push 500\nhi\n/steer off\nhi\n")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "error: steer[0]: |alpha| must be at most 100 (--max-alpha), got 500.0 (HTTP 400)",
+        "error: steer[0]: |alpha| must be at most 100 for add (--max-alpha), got 500.0 (HTTP 400)",
     ]
     assert done.stdout.count("[probes]") == 0 and "Traceback" not in done.stderr
 
