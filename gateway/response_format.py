@@ -47,28 +47,16 @@ def json_schema_format(name, schema, strict, param: str, max_chars: int) -> Answ
 
 
 def parse_chat(value, max_chars: int) -> AnswerFormat | None:
-    """Chat Completions' response_format; None for plain text."""
-    param = "response_format"
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
-        raise BadRequest(f"{param} must be an object with a type, got {str(value)[:60]!r}", param=param)
-    kind = value["type"]
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return _answer(ANY_OBJECT, param)
-    if kind == "json_schema":
-        spec = value.get("json_schema")
-        if not isinstance(spec, dict):
-            raise BadRequest(f"{param}.json_schema must be an object with name and schema", param=f"{param}.json_schema")
-        return json_schema_format(spec.get("name"), spec.get("schema"), spec.get("strict"), f"{param}.json_schema", max_chars)
-    raise BadRequest(f"{param}.type must be text, json_object or json_schema, got {kind[:40]!r}", param=f"{param}.type")
+    """Chat Completions' response_format; None for plain text (json_schema's fields sit under json_schema)."""
+    return _parse_format(value, "response_format", nested=True, max_chars=max_chars)
 
 
 def parse_text_format(value, max_chars: int) -> AnswerFormat | None:
     """The Responses API's text.format (json_schema's fields sit on the format itself)."""
-    param = "text.format"
+    return _parse_format(value, "text.format", nested=False, max_chars=max_chars)
+
+
+def _parse_format(value, param: str, *, nested: bool, max_chars: int) -> AnswerFormat | None:
     if value is None:
         return None
     if not isinstance(value, dict) or not isinstance(value.get("type"), str):
@@ -79,5 +67,10 @@ def parse_text_format(value, max_chars: int) -> AnswerFormat | None:
     if kind == "json_object":
         return _answer(ANY_OBJECT, param)
     if kind == "json_schema":
-        return json_schema_format(value.get("name"), value.get("schema"), value.get("strict"), param, max_chars)
+        spec, where = value, param
+        if nested:
+            spec, where = value.get("json_schema"), f"{param}.json_schema"
+            if not isinstance(spec, dict):
+                raise BadRequest(f"{where} must be an object with name and schema", param=where)
+        return json_schema_format(spec.get("name"), spec.get("schema"), spec.get("strict"), where, max_chars)
     raise BadRequest(f"{param}.type must be text, json_object or json_schema, got {kind[:40]!r}", param=f"{param}.type")
