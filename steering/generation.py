@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+from .compiled_step import CompiledDecode, compile_enabled
+from .compiled_step import supports as supports_compiled
 from .capture import Recorder, ResidualHook
 from .hooks import layer_hooks
 from .interventions import Intervention, Phase, RowSteering
@@ -101,12 +103,17 @@ def _concat(parts):
 
 
 @contextmanager
-def steering_session(lm, capture_layers: Sequence[int] | None = None) -> Iterator["DecodeBatch"]:
-    """Install the hook once and hand out a DecodeBatch that drives it; removes the hook on exit."""
+def steering_session(lm, capture_layers: Sequence[int] | None = None, compiled: bool | None = None) -> Iterator["DecodeBatch"]:
+    """Install the hook once and hand out a DecodeBatch that drives it; removes the hook on exit.
+
+    `compiled` decodes through one compiled step (steering/compiled_step.py); None follows MLX_INTERP_COMPILE.
+    """
+    if compiled is None:
+        compiled = compile_enabled()
     recorder = Recorder(layers=None if capture_layers is None else frozenset(capture_layers))
     hook = ResidualHook(recorder=recorder)
     with layer_hooks(lm.model, hook):
-        yield DecodeBatch(lm, hook)
+        yield DecodeBatch(lm, hook, compiled=CompiledDecode(lm.model, hook) if compiled else None)
 
 
 @dataclass
@@ -116,6 +123,7 @@ class DecodeBatch:
     rows: list[Row] = field(default_factory=list)
     cache: list | None = None  # batch caches, one per layer
     _steering: RowSteering | None = None
+    compiled: CompiledDecode | None = None  # the compiled decode step; None decodes uncompiled
 
     # -- prompts -------------------------------------------------------------
     def start_prefill(
@@ -243,6 +251,8 @@ class DecodeBatch:
         saved = self.hook.recorder
         self.hook.recorder = recorder
         try:
+            if self.compiled is not None and supports_compiled(self.cache):
+                return self.compiled.step(self.cache, mx.array(next_tokens), self._steering, capture)
             if recorder is not None:
                 recorder.clear()
             logits = self.lm.model(mx.array(next_tokens)[:, None], cache=self.cache)[:, -1, :]
