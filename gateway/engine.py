@@ -162,6 +162,8 @@ class Engine:
         try:
             with steering_session(self.lm, capture_layers=None) as batch:
                 self._batch = batch
+                if mx.default_device().type == mx.gpu:  # CPU traces in milliseconds; a GPU also JIT-compiles kernels
+                    batch.warm_up()
                 self._ready.set()
                 self._loop()
         except BaseException as exc:  # noqa: BLE001 - reported to start() or logged

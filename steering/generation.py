@@ -228,6 +228,25 @@ class DecodeBatch:
                 return r.interventions
         raise KeyError(f"no row {uid!r} in the batch")
 
+    def warm_up(self, token: int = 0) -> None:
+        """Trace the compiled step for one plain and one probed row now, not on the first request.
+
+        On mlx's CUDA backend the first trace also JIT-compiles its fused kernels: ~20 s for a
+        7B-shape model on an H200, which would otherwise fall on the first client's first token.
+        """
+        import mlx.core as mx
+
+        if self.compiled is None or self.rows:
+            return
+        sentinel = object()
+        self.add(sentinel, self.prefill([token]))
+        try:
+            for capture in (False, True):
+                logits, hidden = self.step([token], capture=capture)
+                mx.eval(logits, hidden if hidden is not None else [])
+        finally:
+            self.remove([sentinel])
+
     def _rebuild_steering(self) -> None:
         self._steering = RowSteering.build([r.interventions for r in self.rows], Phase.GENERATION) if self.rows else None
         self.hook.steering = self._steering

@@ -143,3 +143,14 @@ def test_default_model_steered_and_probed_same_tokens(default_lm):
     rows = [(question, ()), (question, (vec.intervention(alpha=1.5),)), (question, (vec.intervention(alpha=1.0, op="reflect"),))]
     comp, _ = _both(default_lm, rows, capture=True, steps=12)
     assert comp[-1]["tokens"][0] != comp[-1]["tokens"][1] or any(s["tokens"][0] != s["tokens"][1] for s in comp)
+
+
+def test_warm_up_traces_and_leaves_the_batch_empty(tiny_llama):
+    with steering_session(tiny_llama, capture_layers=None, compiled=True) as batch:
+        batch.warm_up()
+        assert len(batch) == 0 and batch.cache is None
+        assert len(batch.compiled._fns) == 2  # plain and probed
+        pre = batch.prefill([5, 6, 7])
+        batch.add("real", pre)
+        logits, _ = batch.step([8], capture=False)
+        assert logits.shape[0] == 1
