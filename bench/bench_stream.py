@@ -6,6 +6,11 @@ shares the CPU with the server. Both sides decode exactly --tokens tokens
 (end-of-sequence banned) of the same prompt; tokens/s is measured between the
 first and the last token. In-process runs first, in a subprocess, then the server.
 
+Rounds interleave the two (the server stays up, idle, while mlx-lm runs), so load from
+other processes falls on both alike; each round also runs mlx-lm with the gemv shim
+switched off (MLX_INTERP_GEMV=0: every product through OpenBLAS's sgemm, as mlx-lm
+runs on its own) and on (the same routing the server uses; steering/gemv_shim.c).
+
 Run: python bench/bench_stream.py [--model default] [--tokens 64] [--repeats 3]
 """
 
@@ -48,13 +53,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def in_process(model: str, tokens: int, repeats: int) -> list[float]:
+def in_process(model: str, tokens: int, repeats: int, gemv: bool = True) -> list[float]:
+    import os
+
     code = IN_PROCESS.format(root=str(ROOT), model=model, prompt=PROMPT, tokens=tokens, repeats=repeats)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {**os.environ, "MLX_INTERP_GEMV": "auto" if gemv else "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def through_server(model: str, tokens: int, repeats: int) -> list[float]:
+def through_server(model: str, tokens: int, repeats: int, between=None) -> list[float]:
+    """Server rates, one request per round; `between()` runs before each measured request."""
     import httpx
 
     port = free_port()
@@ -73,7 +82,9 @@ def through_server(model: str, tokens: int, repeats: int) -> list[float]:
         body = {"model": "default", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens,
                 "stream": True, "logit_bias": eos_bias}
         rates = []
-        for _ in range(repeats + 1):  # the first warms the server up
+        for i in range(repeats + 1):  # the first warms the server up
+            if i and between is not None:
+                between()
             stamps = []
             with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
                 for line in r.iter_lines():
@@ -92,12 +103,27 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    local = in_process(args.model, args.tokens, args.repeats)
-    served = through_server(args.model, args.tokens, args.repeats)
-    a, b = statistics.median(local), statistics.median(served)
-    print(f"mlx-lm in-process  {a:6.2f} tok/s  (runs: {', '.join(f'{x:.2f}' for x in local)})")
-    print(f"mlx-interp serve   {b:6.2f} tok/s  (runs: {', '.join(f'{x:.2f}' for x in served)})")
-    print(f"server / in-process: {b / a:.3f}  (target >= 0.95)")
+    import os
+
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    sgemm, gemv = [], []
+
+    def both():  # one mlx-lm run each way, the order alternating
+        pair = [(sgemm, False), (gemv, True)]
+        for out, on in (pair if len(sgemm) % 2 == 0 else pair[::-1]):
+            out.append(in_process(args.model, args.tokens, 1, gemv=on)[0])
+
+    served = through_server(args.model, args.tokens, args.repeats, between=both)
+    fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    a, g, b = statistics.median(sgemm), statistics.median(gemv), statistics.median(served)
+    print(f"mlx-lm in-process, OpenBLAS sgemm      {a:6.2f} tok/s  (runs: {fmt(sgemm)})")
+    print(f"mlx-lm in-process, with the gemv shim  {g:6.2f} tok/s  (runs: {fmt(gemv)})")
+    print(f"mlx-interp serve                       {b:6.2f} tok/s  (runs: {fmt(served)})")
+    per_round = [s / x for s, x in zip(served, sgemm)]
+    per_round_g = [s / x for s, x in zip(served, gemv)]
+    print(f"server / mlx-lm (sgemm): {b / a:.3f}, per round {fmt(per_round)}  (target >= 1.2)")
+    print(f"server / mlx-lm (gemv shim too): {b / g:.3f}, per round {fmt(per_round_g)}")
+    print(f"load average at end: {os.getloadavg()}")
     return 0
 
 

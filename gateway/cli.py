@@ -11,6 +11,7 @@ from .limits import add_limit_arguments, limits_from
 ENV_API_KEY = "MLX_INTERP_API_KEY"
 ENV_ADMIN_KEY = "MLX_INTERP_ADMIN_KEY"
 EXIT_MODEL_THREAD_DIED = 70  # EX_SOFTWARE: the service manager restarts the server
+END_GRACE_S = 5.0  # after --drain-s, the engine ends what is left; streams get this long to send their end
 
 
 # The request the start-up line prints, and what the default model answered to it (temperature 0).
@@ -66,6 +67,14 @@ def build_gateway(args: argparse.Namespace):
     for err in vectors.load_all() + probes.load_all():
         print(f"refused {err}", file=sys.stderr)
     presets = load_presets(args.presets, model_ids) if args.presets else {}
+    if limits.max_batch <= 0:
+        from dataclasses import replace
+
+        from .batch_size import fit_max_batch
+
+        fit = fit_max_batch(lm, limits)
+        print(fit.describe())
+        limits = replace(limits, max_batch=fit.max_batch)
     engine = Engine(lm, limits)
     engine.start()
     keys = Keys(api_key=args.api_key or os.environ.get(ENV_API_KEY) or None, admin_key=args.admin_key or os.environ.get(ENV_ADMIN_KEY) or None)
@@ -113,9 +122,11 @@ def serve(args: argparse.Namespace) -> int:
         create_app(gateway), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
         loop="asyncio", http=edge_protocol(connection_cap(limits.max_connections), limits.header_timeout_s),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES, timeout_keep_alive=limits.keep_alive_s,
-        timeout_graceful_shutdown=limits.drain_s,  # SIGTERM: running requests get this long, then are cancelled
+        # SIGTERM/SIGINT: running requests get --drain-s, then the engine ends them (an in-band error and
+        # [DONE]); uvicorn cancels what is left END_GRACE_S later.
+        timeout_graceful_shutdown=limits.drain_s + END_GRACE_S,
     )
-    server = uvicorn.Server(config)
+    server = graceful_server(uvicorn, config, gateway.engine, limits.drain_s)
     quiet_floods()
 
     def model_thread_died() -> None:  # called from the model thread: stop serving, exit non-zero
@@ -123,10 +134,61 @@ def serve(args: argparse.Namespace) -> int:
 
     gateway.engine.on_death = model_thread_died
     server.run()
-    if not gateway.engine.alive and gateway.engine.failure is not None:
+    gateway.engine.stop()  # joined here too: a second Ctrl+C skips the app's shutdown, where it normally stops
+    code = 0
+    if gateway.engine.failure is not None:
         print(f"exiting: the model thread stopped ({gateway.engine.failure})", file=sys.stderr, flush=True)
-        return EXIT_MODEL_THREAD_DIED
-    return 0
+        code = EXIT_MODEL_THREAD_DIED
+    return exit_now(code)
+
+
+def graceful_server(uvicorn, config, engine, drain_s: float):
+    """A uvicorn.Server whose signal stop is a clean exit, and which ends held requests once the drain time is up.
+
+    uvicorn re-raises the SIGTERM/SIGINT it handled after its graceful shutdown, so a clean stop
+    would read as killed by the signal (-15); here the stop is the exit status 0 a service manager expects.
+    """
+    import asyncio
+    import contextlib
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    captured = getattr(self, "_captured_signals", None)
+                    if isinstance(captured, list):
+                        captured.clear()  # handled: nothing to re-raise
+
+        async def shutdown(self, sockets=None):
+            timer = asyncio.get_running_loop().call_later(drain_s, engine.end_all)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
+
+    return Server(config)
+
+
+def exit_now(code: int) -> int:
+    """The model thread is joined: leave without running mlx's C++ static destructors.
+
+    The CUDA build aborted at interpreter exit ("terminate called without an active exception",
+    SIGABRT) after a clean shutdown, mlx_lm.server too; the CPU build does it now and then after a
+    long stream (seen once in a few dozen SIGINT stops on this VM): a thread of mlx's meets its
+    destructor there. Nothing of ours is left to run, so after flushing, the process ends with `code`.
+    MLX_INTERP_ORDINARY_EXIT=1 keeps the ordinary interpreter exit (for debugging that abort).
+    """
+    if os.environ.get("MLX_INTERP_ORDINARY_EXIT") == "1":
+        return code
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 FD_RESERVE = 64  # file descriptors kept for the model, libraries and logs, beyond client connections

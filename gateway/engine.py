@@ -31,7 +31,7 @@ import os
 import queue
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 import numpy as np
@@ -40,6 +40,7 @@ from mlx_interp.steering.generation import steering_session
 
 from . import constraints
 from .admission import Admission, PromptGroup
+from .batch_size import fit_max_batch
 from .echo_logprobs import prompt_entries, prompt_logprobs_k
 from .errors import QueueFull, Unavailable, as_api_error, one_line
 from .events import ChoiceEnd, Failed, Job, PromptRead
@@ -57,6 +58,9 @@ log = logging.getLogger("mlx_interp.gateway")
 RETRY_AFTER_S = 1  # what a 429 tells the client to wait
 # Fault injection for the death test only: the model thread raises after this many decode steps.
 FAULT_ENV = "MLX_INTERP_FAULT_MODEL_THREAD_AFTER_STEPS"
+
+
+_END_ALL = object()  # inbox marker: fail every request held (the server is shutting down)
 
 
 class ModelThreadFault(BaseException):
@@ -93,6 +97,8 @@ class Part:
 class Engine:
     def __init__(self, lm, limits: Limits):
         self.lm = lm
+        if limits.max_batch <= 0:  # the default: as many rows as this machine holds (batch_size.py)
+            limits = replace(limits, max_batch=fit_max_batch(lm, limits).max_batch)
         self.limits = limits
         self.vocab_size = _vocab_size(lm)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -124,8 +130,17 @@ class Engine:
             raise RuntimeError(f"model thread failed to start: {self._failure}")
 
     def stop(self) -> None:
+        """End the model thread (requests it still holds fail with 503) and wait for it; safe to call twice."""
         self._inbox.put(None)
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def end_all(self) -> None:
+        """Every request held or waiting fails now with 503 (streams end in-band); later submits get 503 too.
+
+        For a shutdown whose drain time ran out: clients get a finished stream instead of a dropped one.
+        """
+        self._inbox.put(_END_ALL)
 
     @property
     def failure(self) -> BaseException | None:
@@ -194,12 +209,24 @@ class Engine:
         for job in dict.fromkeys(jobs):
             job.post([Failed(err)])
 
+    def _end_everything(self) -> None:
+        """Fail every job held, in the batch, admitting or waiting (503); they leave at the next drop."""
+        with self._lock:
+            self._dead = True
+        err = Unavailable("the server is shutting down")
+        jobs = [row.job for row in self._batch.uids] + [a.job for a in self._admitting] + list(self._waiting)
+        for job in dict.fromkeys(jobs):
+            if not job.cancelled:
+                job.cancelled = True
+                job.post([Failed(err)])
+
     def _loop(self) -> None:
         batch = self._batch
         cur: list[Part] | None = None
         while True:
             idle = cur is None and not self._waiting and not self._admitting and not self._prefilling
             if not self._pull(block=idle):
+                self._end_everything()  # nobody may wait for a thread that has stopped
                 return
             try:
                 if cur:
@@ -232,7 +259,10 @@ class Engine:
         while True:
             if item is None:
                 return False
-            self._waiting.append(item)
+            if item is _END_ALL:
+                self._end_everything()
+            else:
+                self._waiting.append(item)
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:

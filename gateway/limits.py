@@ -38,7 +38,8 @@ class Limits:
     max_top_logprobs: int = _limit(20, "largest top_logprobs")
     max_logit_bias: int = _limit(300, "most entries in logit_bias")
     max_queue: int = _limit(64, "requests waiting for a batch slot before new ones get 429")
-    max_batch: int = _limit(16, "rows (choices) decoded together in one forward pass")
+    max_batch: int = _limit(0, "rows (choices) decoded together in one forward pass; 0 (the default): fitted to the "
+                               "memory and backend, each row's KV cache at the longest context (gateway/batch_size.py)")
     max_request_tokens: int = _limit(
         262144, "token budget of one request: prompts x n x (prompt tokens + max_tokens), summed over its rows"
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 # Environment switches, documented in the README.
 ENV_BLAS = "MLX_INTERP_BLAS"  # "auto" (default), "reference" to keep mlx's own, or a path to a BLAS .so
 ENV_DTYPE = "MLX_INTERP_DTYPE"  # "auto", "float32", "float16", "bfloat16", "native" (keep checkpoint dtype/quantization)
+ENV_GEMV = "MLX_INTERP_GEMV"  # "auto" (default): one-row products go to sgemv (gemv_shim.c); "0" keeps sgemm for all
 
 OPENBLAS_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
@@ -35,6 +36,7 @@ OPENBLAS_CANDIDATES = (
 class BlasChoice:
     path: str | None  # the library loaded, or None when mlx's own is used
     reason: str
+    gemv: str | None = None  # the gemv shim loaded in front of it, or None (see gemv_shim.c)
 
 
 _blas_choice: BlasChoice | None = None  # process-wide fact, set once before mlx loads
@@ -57,14 +59,52 @@ def prefer_fast_blas() -> BlasChoice:
         _blas_choice = BlasChoice(None, "OpenBLAS not found (apt-get install libopenblas0-pthread)")
         for path in candidates:
             if os.path.exists(path):
+                shim = _gemv_shim() if os.environ.get(ENV_GEMV, "auto") not in ("0", "off", "no") else None
                 try:
-                    ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
+                    blas = ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
                 except OSError as exc:
                     _blas_choice = BlasChoice(None, f"could not load {path}: {exc}")
                     continue
-                _blas_choice = BlasChoice(path, "loaded before mlx")
+                loaded = None
+                if shim is not None and hasattr(blas, "cblas_sgemv"):
+                    shim.mlx_interp_gemv_shim_init(ctypes.cast(blas.cblas_sgemm, ctypes.c_void_p),
+                                                   ctypes.cast(blas.cblas_sgemv, ctypes.c_void_p))
+                    loaded = shim._name
+                _blas_choice = BlasChoice(path, "loaded before mlx", loaded)
                 break
     return _blas_choice
+
+
+def _gemv_shim():
+    """Build (once, into the model cache) and load gemv_shim.c ahead of OpenBLAS; None if there is no C compiler.
+
+    Loaded first with RTLD_GLOBAL, its cblas_sgemm is the one mlx binds to.
+    """
+    import hashlib
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from mlx_interp import paths
+
+    source = Path(__file__).with_name("gemv_shim.c")
+    try:
+        code = source.read_bytes()
+        target = paths.model_cache() / "lib" / f"gemv_shim-{hashlib.sha256(code).hexdigest()[:16]}.so"
+        if not target.exists():
+            compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+            if compiler is None:
+                return None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                out = Path(tmp) / target.name
+                subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(out), str(source)],
+                               check=True, capture_output=True, timeout=60)
+                os.replace(out, target)  # atomic: a concurrent process sees the whole file or none
+        return ctypes.CDLL(str(target), mode=os.RTLD_GLOBAL)
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def blas_choice() -> BlasChoice:
