@@ -105,7 +105,7 @@ def steering_session(lm, capture_layers: Sequence[int] | None = None) -> Iterato
     """Install the hook once and hand out a DecodeBatch that drives it; removes the hook on exit."""
     recorder = Recorder(layers=None if capture_layers is None else frozenset(capture_layers))
     hook = ResidualHook(recorder=recorder)
-    with layer_hooks(lm.model, hook):
+    with layer_hooks(lm.model, hook, first_index=getattr(lm, "first_layer", 0)):
         yield DecodeBatch(lm, hook)
 
 
