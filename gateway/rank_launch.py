@@ -158,10 +158,15 @@ def _launch_local(args, status: str) -> int:
 
 
 def _launch_hosts(args, status: str) -> int:
-    """Ranks on the machines of an mlx host file, through mlx.launch (ssh to each host)."""
+    """Ranks on the machines of an mlx host file, through mlx.launch (ssh to each host; this machine must be the first)."""
+    import json
+
+    with open(args.hostfile) as f:
+        data = json.load(f)
+    backend = (data.get("backend") if isinstance(data, dict) else None) or "ring"
     launcher = [sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.argv[0] = 'mlx.launch'; main()",
-                "--hostfile", args.hostfile, "--starting-port", str(args.ring_port or 32323),
-                "--env", f"{STATUS_ENV}={status}", "--", *_rank_command()]
+                "--hostfile", args.hostfile, "--backend", backend, "--starting-port", str(args.ring_port or 32323),
+                "--env", f"{STATUS_ENV}={status}", "--env", f"{BACKEND_ENV}={backend}", "--", *_rank_command()]
     print(f"starting one model across the hosts of {args.hostfile} (mlx.launch)", flush=True)
     proc = subprocess.Popen(launcher, stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
     warnings: list[str] = []

@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 from gateway_helpers import ServerProcess  # noqa: E402
 from test_gateway_real_model import ADMIN, _upload_random_artifacts  # noqa: E402  (a random vector over layers 8-16, a random probe on 4, 12, 20)
 
+pytestmark = [pytest.mark.integration, pytest.mark.server]
+
 QUESTION = [{"role": "user", "content": "What colour is grass?"}]
 TOKENS = 6
 TOL = 2e-3
@@ -151,6 +153,18 @@ def _tiny_answers(server):
         r = client.completions.create(model="default", prompt=prompt, max_tokens=8, temperature=0, logprobs=1)
         out.append((r.choices[0].text, r.choices[0].logprobs.token_logprobs))
     return out
+
+
+def test_a_rank_that_dies_while_idle_stops_the_set_non_zero(tmp_path):
+    server = _serve(tmp_path, "--ranks", "2")
+    pid = _rank_pid(server, 1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        server.proc.wait(timeout=60)
+        assert server.proc.returncode == 70
+        assert f"rank 1 (pid {pid}) exited with code -9" in server.log()
+    finally:
+        server.stop()
 
 
 def _rank_pid(server, rank: int) -> int:
