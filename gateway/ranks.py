@@ -193,6 +193,7 @@ class Watchdog:
                 self._since, self._what = time.monotonic(), what
 
     def progress(self, outstanding: bool) -> None:
+        """Rank 0 got what it waited for; `outstanding`: it now waits on something else (the clock restarts)."""
         with self._lock:
             self._since = time.monotonic() if outstanding else None
 
@@ -289,12 +290,15 @@ class ReplicatedBatch:
             raise RankFailure(ranks.failure)
         self.settle()
         forget, self._forget = self._forget, []
-        ranks.watchdog.busy(op[0])
+        ranks.watchdog.busy(op[0])  # until the operation has run here too (`done`)
         try:
             ranks.link.send((forget, op))
         except RuntimeError as exc:
             raise ranks.failed(exc, f"sending {op[0]!r} to the ranks") from None
-        ranks.watchdog.progress(outstanding=True)
+
+    def done(self) -> None:
+        """The operation ran here: the watchdog waits on its lazy outputs, if any, from now on; else on nothing."""
+        self._ranks.watchdog.progress(outstanding=bool(self._pending))
 
     def settle(self) -> None:
         """Evaluate what the previous operation left lazy (its sends, receives and sums)."""
@@ -343,6 +347,7 @@ class ReplicatedBatch:
         ivs = tuple(interventions)
         self.send(("start", tid, list(tokens), ivs, capture_all, kwargs.get("chunk")))
         task = self._batch.start_prefill(list(tokens), ivs, capture_all=capture_all, prompt_logprobs=prompt_logprobs, **kwargs)
+        self.done()
         return _ReplicatedTask(self, tid, task)
 
     def prefill(self, tokens, interventions=(), cache=None, cached_tokens: int = 0, capture_all: bool = False,
@@ -362,6 +367,7 @@ class ReplicatedBatch:
         self.send(("add", rid, tid, ivs))
         self._batch.add(uid, prefill, ivs)
         self._rids[uid] = rid
+        self.done()
 
     def remove(self, uids) -> None:
         uids = list(uids)
@@ -369,17 +375,20 @@ class ReplicatedBatch:
         if rids:
             self.send(("remove", rids))
         self._batch.remove(uids)
+        self.done()
 
     def set_interventions(self, uid, interventions) -> None:
         ivs = tuple(interventions)
         self.send(("set", self._rids[uid], ivs))
         self._batch.set_interventions(uid, ivs)
+        self.done()
 
     def step(self, next_tokens, capture: bool = True):
         tokens = _host_tokens(next_tokens)
         self.send(("step", tokens, bool(capture) and self._ranks.pipeline))
         logits, hidden = self._batch.step(tokens, capture=capture)
         self.owe(logits, hidden)
+        self.done()
         self.last_source = "step"
         return logits, hidden
 
@@ -410,6 +419,7 @@ class _ReplicatedTask:
         rb = self._rb
         rb.send(("advance", self.tid, limit))
         pre = self._task.advance(limit)
+        rb.done()
         if pre is None:
             return None
         self._state["finished"] = True
@@ -470,6 +480,7 @@ class RankBankKeeper:
         if bank is not None and bank is not self._sent:
             rb = self._ranks.batch
             rb.send(("bank", np.array(bank.W), np.array(bank.b), np.array(bank.mask)))
+            rb.done()
             bank.__class__ = _sharded_bank_class(type(bank))
             bank._ranks = self._ranks
             self._sent = bank
@@ -491,6 +502,7 @@ def _sharded_bank_class(cls: type) -> type:
             part = _partial_logits(hidden, self.W, self.b, ranks.first_layer, ranks.end_layer, ranks.num_layers)
             out = mx.distributed.all_sum(part, group=ranks.link.group, stream=mx.cpu)
             rb.owe(out)
+            rb.done()
             return out
 
         _sharded_classes[cls] = type(f"Sharded{cls.__name__}", (cls,), {"logits": logits})

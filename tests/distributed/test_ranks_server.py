@@ -155,10 +155,15 @@ def _tiny_answers(server):
     return out
 
 
-def test_a_rank_that_dies_while_idle_stops_the_set_non_zero(tmp_path):
-    server = _serve(tmp_path, "--ranks", "2")
+def test_an_idle_set_outlives_the_rank_timeout_and_a_rank_that_dies_while_idle_stops_it(tmp_path):
+    server = _serve(tmp_path, "--ranks", "2", "--rank-timeout", "3")
     pid = _rank_pid(server, 1)
     try:
+        r = httpx.post(server.url + "/v1/chat/completions", timeout=300,
+                       json={"model": "default", "messages": QUESTION, "max_tokens": 2, "temperature": 0})
+        assert r.status_code == 200, r.text
+        time.sleep(8)  # idle for longer than --rank-timeout: nobody is waiting on a rank, nothing fires
+        assert server.alive() and httpx.get(server.url + "/health").status_code == 200
         os.kill(pid, signal.SIGKILL)
         server.proc.wait(timeout=60)
         assert server.proc.returncode == 70

@@ -94,8 +94,10 @@ def test_a_follower_replaying_rank_0_s_operations_holds_the_same_batch(tiny_llam
                 pass
             rb.add("b", pre_b)
             logits0, _ = rb.step([9, 10], capture=False)
+            assert ranks.watchdog._since is not None  # waiting on the step's outputs
             rb.set_interventions("b", (iv,))
             rb.remove(["a"])
+            assert ranks.watchdog._since is None  # nothing outstanding: an idle server is not a hung rank
             logits1, _ = rb.step([11], capture=False)
             mx.eval(logits0, logits1)
             rb.settle()
