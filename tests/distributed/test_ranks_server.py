@@ -156,13 +156,13 @@ def _tiny_answers(server):
 
 
 def test_an_idle_set_outlives_the_rank_timeout_and_a_rank_that_dies_while_idle_stops_it(tmp_path):
-    server = _serve(tmp_path, "--ranks", "2", "--rank-timeout", "3")
+    server = _serve(tmp_path, "--ranks", "2", "--rank-timeout", "10")
     pid = _rank_pid(server, 1)
     try:
         r = httpx.post(server.url + "/v1/chat/completions", timeout=300,
                        json={"model": "default", "messages": QUESTION, "max_tokens": 2, "temperature": 0})
         assert r.status_code == 200, r.text
-        time.sleep(8)  # idle for longer than --rank-timeout: nobody is waiting on a rank, nothing fires
+        time.sleep(14)  # idle for longer than --rank-timeout: nobody is waiting on a rank, nothing fires
         assert server.alive() and httpx.get(server.url + "/health").status_code == 200
         os.kill(pid, signal.SIGKILL)
         server.proc.wait(timeout=60)
