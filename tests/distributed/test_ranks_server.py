@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 
-from gateway_helpers import ServerProcess  # noqa: E402
+from gateway_helpers import ServerProcess, make_probe, make_vector  # noqa: E402
 from test_gateway_real_model import ADMIN, _upload_random_artifacts  # noqa: E402  (a random vector over layers 8-16, a random probe on 4, 12, 20)
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
@@ -128,30 +128,39 @@ def test_cancelled_stream_leaves_the_ranks_in_step(servers):
     _assert_same(_ask(one, REQUESTS["add"]), _ask(two, REQUESTS["add"]), "after a cancellation")
 
 
-def test_tensor_parallel_tiny_llama_matches_one_process(tiny_model_dirs, tmp_path):
+def test_tensor_parallel_tiny_llama_matches_one_process(tiny_llama, tiny_model_dirs, tmp_path):
+    """Split by heads: steered rows and probe scores as in one process (rank 0 scores alone: it sees every layer)."""
     model = str(tiny_model_dirs["llama"])
-    one = ServerProcess("--model", model)
+    make_vector(tiny_llama, "push", tmp_path / "vectors", seed=1, layers=(1, 2))
+    make_probe(tiny_llama, "p", tmp_path / "probes", seed=3, layers=(0, 2, 3), best=2)
+    libs = ["--model", model, "--vectors", str(tmp_path / "vectors"), "--probes", str(tmp_path / "probes")]
+    one = ServerProcess(*libs)
     try:
         ref = _tiny_answers(one)
     finally:
         one.stop()
-    two = ServerProcess("--model", model, "--ranks", "2", "--parallel", "tensor")
+    two = ServerProcess(*libs, "--ranks", "2", "--parallel", "tensor")
     try:
         assert httpx.get(two.url + "/health").json()["ranks"]["parallel"] == "tensor"
         got = _tiny_answers(two)
     finally:
         two.stop()
     assert [g[0] for g in got] == [r[0] for r in ref]
-    for (_, la), (_, lb) in zip(ref, got):
+    assert ref[0][0] != ref[1][0]  # the push changes the text
+    for (_, la, pa), (_, lb, pb) in zip(ref, got):
         assert np.allclose(la, lb, atol=1e-4)
+        assert np.allclose(pa, pb, atol=1e-4, equal_nan=True)
 
 
 def _tiny_answers(server):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=300, max_retries=0)
     out = []
-    for prompt in ("hello there", "one two three four"):
-        r = client.completions.create(model="default", prompt=prompt, max_tokens=8, temperature=0, logprobs=1)
-        out.append((r.choices[0].text, r.choices[0].logprobs.token_logprobs))
+    for steer in ({}, {"push": 8.0}):
+        r = client.completions.create(model="default", prompt="one two three four", max_tokens=8, temperature=0, logprobs=1,
+                                      extra_body={"steer": steer, "probes": ["p"]})
+        c = r.choices[0]
+        per_layer = np.array([np.nan if v is None else v for v in c.model_extra["probes"]["p"]["per_layer"]], float)
+        out.append((c.text, c.logprobs.token_logprobs, per_layer))
     return out
 
 
