@@ -128,6 +128,22 @@ def test_cancelled_stream_leaves_the_ranks_in_step(servers):
     _assert_same(_ask(one, REQUESTS["add"]), _ask(two, REQUESTS["add"]), "after a cancellation")
 
 
+def test_a_guard_steering_mid_stream_acts_as_in_one_process(servers):
+    """A per-token probe guard fires on rank 0 and re-steers the row on both ranks from the next step."""
+    from test_guards_real_model import PROBE, STEER_ALPHA, TOKENS as GUARD_TOKENS, VECTOR, _fire_point, _per_token_scores, _stream
+
+    one, two = servers
+    clients = [openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=600) for s in (one, two)]
+    tokens, extras, _ = _stream(clients[0])
+    scores = _per_token_scores(extras)
+    t, above = _fire_point(scores, hi=GUARD_TOKENS - 4)
+    rule = {"probe": PROBE, "above": above, "then": "steer", "steer": {VECTOR: STEER_ALPHA}}
+    runs = [_stream(c, guard=[rule]) for c in clients]
+    fired = [[(f["token_index"], f["action"]) for e in ex if e.get("guard") for f in e["guard"]["fired"]] for _, ex, _ in runs]
+    assert fired[0] == fired[1] == [(t, "steer")]
+    assert runs[0][0] == runs[1][0] and runs[0][0][t + 2:] != tokens[t + 2:]
+
+
 def test_tensor_parallel_tiny_llama_matches_one_process(tiny_llama, tiny_model_dirs, tmp_path):
     """Split by heads: steered rows and probe scores as in one process (rank 0 scores alone: it sees every layer)."""
     model = str(tiny_model_dirs["llama"])
