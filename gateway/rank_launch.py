@@ -149,12 +149,13 @@ def _launch_local(args, status: str) -> int:
     if code:
         print(f"exiting: {reason}", file=sys.stderr, flush=True)
         return code
+    own = procs[0].returncode
+    if own is not None and own > 0:  # rank 0 failed by itself (e.g. a bad argument, which every rank reports)
+        return own
     if lost is not None:
         print(f"exiting: {lost}", file=sys.stderr, flush=True)
         return EXIT_RANK_FAILED
-    if stopping:
-        return 0
-    return procs[0].returncode if procs[0].returncode and procs[0].returncode > 0 else 0
+    return 0
 
 
 def _launch_hosts(args, status: str) -> int:
