@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     q.add_argument("--probes", action="append", default=[], metavar="DIR", help="probe library (repeatable)")
     q.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment variable for the server, e.g. MLX_INTERP_CACHE=/data/models (repeatable)")
+    q.add_argument("--ranks", type=int, default=1, metavar="N", help="run the model across N processes on this machine (serve --ranks)")
+    q.add_argument("--hostfile", metavar="FILE", help="run the model across the machines of an mlx host file; this machine runs rank 0 (serve --hostfile)")
+    q.add_argument("--parallel", choices=("auto", "pipeline", "tensor"), default="auto", help="how --ranks/--hostfile split the model (serve --parallel)")
     q.add_argument("--log-files", action="store_true",
                    help="Linux: write logs to ~/.local/state/NAME/server.log instead of the journal")
     q.add_argument("--dry-run", action="store_true", help="print the files and commands, change nothing")
@@ -134,6 +137,9 @@ def _spec(args: argparse.Namespace):
         probes=tuple(_existing_directory("--probes", d) for d in args.probes),
         extra_environment=_environment(args.env),
         working_directory=str(_home()),
+        ranks=args.ranks,
+        hostfile=str(Path(args.hostfile).expanduser().resolve()) if args.hostfile else None,
+        parallel=args.parallel,
     )
 
 

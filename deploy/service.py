@@ -69,6 +69,9 @@ class ServiceSpec:
     probes: tuple[str, ...] = ()
     extra_environment: tuple[tuple[str, str], ...] = ()
     working_directory: str = field(default_factory=lambda: str(Path.home()))
+    ranks: int = 1  # serve --ranks: processes on this machine
+    hostfile: str | None = None  # serve --hostfile: this machine runs rank 0
+    parallel: str = "auto"  # serve --parallel
 
     @property
     def stop_timeout_s(self) -> int:
@@ -93,6 +96,12 @@ class ServiceSpec:
                             *[("--vectors", v) for v in self.vectors], *[("--probes", p) for p in self.probes],
                             *[(f"--env {k}", v) for k, v in self.extra_environment]]:
             _check_value(what, value)
+        if not (isinstance(self.ranks, int) and self.ranks >= 1):
+            raise ValueError(f"--ranks must be a positive number, got {self.ranks!r}")
+        if self.hostfile is not None and not Path(self.hostfile).is_absolute():
+            raise ValueError(f"--hostfile must be an absolute path, got {self.hostfile!r}")
+        if self.parallel not in ("auto", "pipeline", "tensor"):
+            raise ValueError(f"--parallel must be auto, pipeline or tensor, got {self.parallel!r}")
         for key, _ in self.extra_environment:
             if not ENV_NAME_PATTERN.match(key):
                 raise ValueError(f"--env {key!r}: not a valid environment variable name")
@@ -126,6 +135,12 @@ class ServiceSpec:
             args += ["--vectors", directory]
         for directory in self.probes:
             args += ["--probes", directory]
+        if self.hostfile:
+            args += ["--hostfile", self.hostfile]
+        elif self.ranks > 1:
+            args += ["--ranks", str(self.ranks)]
+        if (self.hostfile or self.ranks > 1) and self.parallel != "auto":
+            args += ["--parallel", self.parallel]
         return args
 
     def environment(self) -> dict[str, str]:
@@ -149,5 +164,6 @@ class ServiceSpec:
         return {
             "name": self.name, "python": self.python, "model": self.model, "host": self.host, "port": self.port,
             "api_key": "set" if self.api_key else None, "vectors": list(self.vectors), "probes": list(self.probes),
+            "ranks": self.ranks, "hostfile": self.hostfile, "parallel": self.parallel,
             "environment": {k: "set" if is_secret_name(k) else v for k, v in self.extra_environment}, "url": self.url,
         }

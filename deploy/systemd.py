@@ -83,6 +83,10 @@ def render_unit(spec: ServiceSpec, home: Path, *, log_to_files: bool = False) ->
         f"RestartSec={RESTART_DELAY_S}",
         f"TimeoutStopSec={spec.stop_timeout_s}",
     ]
+    if spec.ranks > 1 or spec.hostfile:
+        # SIGTERM to the launcher alone: it stops rank 0, which drains, then stops the other ranks
+        # (SIGTERM to every rank at once would fail the requests rank 0 is draining).
+        lines.append("KillMode=mixed")
     if log_to_files:
         (log,) = log_files(home, spec.name)
         lines += [f"StandardOutput=append:{path_value(log)}", f"StandardError=append:{path_value(log)}"]

@@ -45,12 +45,26 @@ def register(subparsers) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="browser origin allowed to call the API (repeatable; none by default)")
     p.add_argument("--dtype", default=None, help="auto, float32, float16, bfloat16 or native (keep the checkpoint's)")
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
+    g = p.add_argument_group("several processes (one model across ranks; see README 'Ranks')")
+    g.add_argument("--ranks", type=int, default=1, metavar="N", help="run the model across N processes on this machine (mlx.launch, ring backend over loopback)")
+    g.add_argument("--hostfile", metavar="FILE", help="run across the machines of an mlx host file (mlx.launch --hostfile); this machine runs rank 0")
+    g.add_argument("--parallel", choices=("auto", "pipeline", "tensor"), default="auto",
+                   help="how the model is split: tensor (mlx-lm's shard; needs heads divisible by the ranks) or pipeline (layer ranges); auto: tensor where it fits")
+    g.add_argument("--ring-port", type=int, default=0, metavar="PORT", help="first port of the ring backend (default: a free one on loopback, mlx's 32323 with --hostfile)")
+    g.add_argument("--rank-timeout", type=float, default=60.0, metavar="S", help="rank 0 fails every request and exits when the other ranks make no progress for S seconds (0: never)")
+    g.add_argument("--as-rank", action="store_true", help=argparse.SUPPRESS)  # set by the launcher on every rank
     add_limit_arguments(p)
     p.set_defaults(func=serve)
 
 
-def build_gateway(args: argparse.Namespace):
-    """Everything but the socket: model, libraries, presets, engine. Prints refused artifacts, one line each."""
+def build_gateway(args: argparse.Namespace, lm=None, ranks=None):
+    """Everything but the socket: model, libraries, presets, engine. Prints refused artifacts, one line each.
+
+    With `ranks` (rank 0 of serve --ranks) `lm` is this rank's part of the model, and the prompt
+    cache is off: every rank reads every prompt whole.
+    """
+    import dataclasses
+
     import mlx_interp.steering  # noqa: F401  (OpenBLAS before mlx)
     from mlx_interp.steering.model import load_model
 
@@ -61,7 +75,10 @@ def build_gateway(args: argparse.Namespace):
     from .presets import load_presets
 
     limits = limits_from(args)
-    lm = load_model(args.model, dtype=args.dtype, progress=True)
+    if ranks is not None:
+        limits = dataclasses.replace(limits, prompt_cache_entries=0)
+    if lm is None:
+        lm = load_model(args.model, dtype=args.dtype, progress=True)
     model_ids = tuple(dict.fromkeys(["default", lm.model_id]))
     vectors, probes = build_shelves(lm, args.vectors, args.probes)
     for err in vectors.load_all() + probes.load_all():
@@ -75,7 +92,7 @@ def build_gateway(args: argparse.Namespace):
         fit = fit_max_batch(lm, limits)
         print(fit.describe())
         limits = replace(limits, max_batch=fit.max_batch)
-    engine = Engine(lm, limits)
+    engine = Engine(lm, limits, ranks=ranks)
     engine.start()
     keys = Keys(api_key=args.api_key or os.environ.get(ENV_API_KEY) or None, admin_key=args.admin_key or os.environ.get(ENV_ADMIN_KEY) or None)
     return Gateway(lm=lm, engine=engine, vectors=vectors, probes=probes, limits=limits, keys=keys, presets=presets,
@@ -104,13 +121,26 @@ def serve(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get(ENV_API_KEY)
     if not is_loopback(args.host) and not api_key:
         raise ValueError(f"refusing to bind {args.host} without an API key; pass --api-key or set {ENV_API_KEY}")
+    if (args.ranks > 1 or args.hostfile) and not args.as_rank:
+        from .rank_launch import launch
+
+        return launch(args)
+    ranks = None
+    if args.as_rank:
+        from . import rank_launch
+
+        lm, ranks = rank_launch.join(args)
+        if ranks is None:  # a follower: it ran rank 0's operations until told to stop
+            return lm
+        gateway = build_gateway(args, lm=lm, ranks=ranks)
     import uvicorn
 
     from .app import create_app
 
     from .edge import MAX_HEAD_BYTES, edge_protocol, quiet_floods
 
-    gateway = build_gateway(args)
+    if ranks is None:
+        gateway = build_gateway(args)
     if not api_key and is_loopback(args.host):  # no key on loopback: refuse other Host names (DNS rebinding)
         gateway.allowed_hosts = loopback_host_names(args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -130,9 +160,17 @@ def serve(args: argparse.Namespace) -> int:
     quiet_floods()
 
     def model_thread_died() -> None:  # called from the model thread: stop serving, exit non-zero
+        if ranks is not None:
+            from .ranks import write_status
+
+            write_status(EXIT_MODEL_THREAD_DIED, str(gateway.engine.failure or ranks.failure))
         server.should_exit = True
 
     gateway.engine.on_death = model_thread_died
+    if ranks is not None:
+        from .rank_launch import watch_for_hangs
+
+        watch_for_hangs(gateway.engine, ranks)
     server.run()
     gateway.engine.stop()  # joined here too: a second Ctrl+C skips the app's shutdown, where it normally stops
     code = 0

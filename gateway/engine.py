@@ -31,6 +31,7 @@ import os
 import queue
 import threading
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import mlx.core as mx
@@ -49,6 +50,7 @@ from .limits import Limits
 from .numerics import finite_rows, non_finite_error
 from .probe_upkeep import BankKeeper, column_key
 from .prompt_cache import PromptCache
+from .ranks import RankFailure
 from .rows import RowState, TokenTexts
 from .sampling import RowSampler, Sampled, sample
 from .stops import StopMatcher
@@ -95,10 +97,11 @@ class Part:
 
 
 class Engine:
-    def __init__(self, lm, limits: Limits):
+    def __init__(self, lm, limits: Limits, ranks=None):
         self.lm = lm
         if limits.max_batch <= 0:  # the default: as many rows as this machine holds (batch_size.py)
             limits = replace(limits, max_batch=fit_max_batch(lm, limits).max_batch)
+        self.ranks = ranks  # gateway.ranks.RankSet when the model spans several processes (serve --ranks)
         self.limits = limits
         self.vocab_size = _vocab_size(lm)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -112,7 +115,7 @@ class Engine:
         self._fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
         self._eos = frozenset(lm.tokenizer.eos_token_ids)
         self._prompt_cache = PromptCache(limits.prompt_cache_entries, limits.prompt_cache_bytes)
-        self._probes = BankKeeper(lm.num_layers, lm.hidden_size)
+        self._probes = ranks.bank_keeper(lm) if ranks is not None else BankKeeper(lm.num_layers, lm.hidden_size)
         self._texts = TokenTexts(lm.tokenizer)
         self._grammars = constraints.GrammarEngine(lm.tokenizer, self.vocab_size)
         self._ready = threading.Event()
@@ -175,21 +178,33 @@ class Engine:
     # -- the model thread ---------------------------------------------------------------------
     def _main(self) -> None:
         try:
-            with steering_session(self.lm, capture_layers=None) as batch:
+            with steering_session(self.lm, capture_layers=None) as local, self._replicated(local) as batch:
                 self._batch = batch
                 if mx.default_device().type == mx.gpu:  # CPU traces in milliseconds; a GPU also JIT-compiles kernels
-                    batch.warm_up()
+                    local.warm_up()  # no-op when the model spans ranks (decoded uncompiled)
                 self._ready.set()
                 self._loop()
         except BaseException as exc:  # noqa: BLE001 - reported to start() or logged
             self._failure = exc
             log.error("model thread stopped: %s", one_line(exc))
             if self._ready.is_set():  # it was serving: nobody may wait for it
-                self._fail_everything(Unavailable("the model thread stopped; the server is restarting"))
+                why = f"{exc}; " if isinstance(exc, RankFailure) else "the model thread stopped; "
+                self._fail_everything(Unavailable(why + "the server is restarting"))
                 if self.on_death is not None:
                     self.on_death()
         finally:
             self._ready.set()
+
+    def _replicated(self, batch):
+        """With --ranks, every model operation of the batch also runs on the other ranks (gateway/ranks.py)."""
+        return self.ranks.session(batch) if self.ranks is not None else nullcontext(batch)
+
+    def abandon(self, err) -> None:
+        """From another thread, when the model thread cannot return (a rank hung): fail everything it holds, stop serving."""
+        self._failure = self._failure or RankFailure(str(err))
+        self._fail_everything(err)
+        if self.on_death is not None:
+            self.on_death()
 
     def _fail_everything(self, err) -> None:
         """Every request the thread holds or will be handed fails now; later submits get 503."""

@@ -112,7 +112,9 @@ def steering_session(lm, capture_layers: Sequence[int] | None = None, compiled: 
         compiled = compile_enabled()
     recorder = Recorder(layers=None if capture_layers is None else frozenset(capture_layers))
     hook = ResidualHook(recorder=recorder)
-    with layer_hooks(lm.model, hook):
+    with layer_hooks(lm.model, hook, first_index=getattr(lm, "first_layer", 0)):
+        # A model split across ranks decodes uncompiled: its forward pass sends and receives.
+        compiled = compiled and getattr(lm, "shard", None) is None
         yield DecodeBatch(lm, hook, compiled=CompiledDecode(lm.model, hook) if compiled else None)
 
 

@@ -54,8 +54,11 @@ def hooks_installed(model) -> bool:
 
 
 @contextmanager
-def layer_hooks(model, hook: Callable[[int, object], object]) -> Iterator[None]:
+def layer_hooks(model, hook: Callable[[int, object], object], first_index: int = 0) -> Iterator[None]:
     """Run `hook(layer_index, hidden) -> hidden` on every decoder layer's output inside the block.
+
+    `first_index` is the global index of the model's first block: a pipeline rank holds only
+    some blocks of the model (steering.sharding) and still names them by their global index.
 
     With `hook.wants_block_input` true the call is `hook(layer_index, hidden, block_input)`.
 
@@ -72,7 +75,7 @@ def layer_hooks(model, hook: Callable[[int, object], object]) -> Iterator[None]:
         for index, layer in enumerate(layers):
             # Recorded before anything changes, so a layer whose class swap raises is still cleaned up.
             installed.append((layer, type(layer)))
-            object.__setattr__(layer, _HOOK_ATTR, (hook, index, wants_input))
+            object.__setattr__(layer, _HOOK_ATTR, (hook, first_index + index, wants_input))
             layer.__class__ = _hooked_class(type(layer))
         yield
     finally:

@@ -30,6 +30,8 @@ class LoadedModel:
     num_layers: int
     dtype: str
     config: dict = field(repr=False, default_factory=dict)
+    first_layer: int = 0  # global index of the first block held here (a pipeline rank holds a range)
+    shard: Any = None  # steering.sharding.ShardPlan when the model is split across ranks
 
     @property
     def layers(self) -> list:
@@ -86,13 +88,18 @@ def _hub_model_path(repo_id: str) -> Path:
         ) from None
 
 
-def load_model(spec: str = "default", dtype: str | None = None, progress: bool = True) -> LoadedModel:
-    """Load `spec` in the compute dtype chosen for this backend (see backend.resolve_dtype)."""
+def load_model(spec: str = "default", dtype: str | None = None, progress: bool = True, shard=None) -> LoadedModel:
+    """Load `spec` in the compute dtype chosen for this backend (see backend.resolve_dtype).
+
+    `shard(model) -> ShardPlan` (steering.sharding) splits the lazily loaded model for one rank
+    before any weight is read, so a rank reads only the weights it keeps.
+    """
     import mlx.core as mx
     from mlx_lm.utils import dequantize_model, load
 
     model_id, path = resolve_model_path(spec, progress=progress)
-    model, tokenizer = load(str(path))
+    model, tokenizer = load(str(path), lazy=True)
+    num_layers_whole = len(decoder_layers(model))
     config = json.loads((path / "config.json").read_text())
     chosen = resolve_dtype(dtype)
     if chosen != "native":
@@ -101,19 +108,21 @@ def load_model(spec: str = "default", dtype: str | None = None, progress: bool =
             _upcast_quantization_params(model, target)
             model = dequantize_model(model)
         model.set_dtype(target, predicate=lambda d: mx.issubdtype(d, mx.floating))
+    plan = shard(model) if shard is not None else None  # after dequantizing: mlx-lm shards plain Linear layers too
     mx.eval(model.parameters())
-    layers = decoder_layers(model)
     hidden = _hidden_size(model, config)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         model_id=model_id,
         path=str(path),
-        fingerprint=model_fingerprint(config, tokenizer, len(layers), hidden),
+        fingerprint=model_fingerprint(config, tokenizer, num_layers_whole, hidden),
         hidden_size=hidden,
-        num_layers=len(layers),
+        num_layers=num_layers_whole,
         dtype=chosen,
         config=config,
+        first_layer=plan.first_layer if plan is not None and plan.mode == "pipeline" else 0,
+        shard=plan,
     )
 
 

@@ -210,3 +210,18 @@ def test_stop_timeout_outlasts_the_servers_drain(tmp_path):
     (stop,) = values(parse_unit(systemd.render_unit(longer, tmp_path))["Service"], "TimeoutStopSec")
     assert int(stop) > 300
     assert launchd.plist_dict(longer, tmp_path)["ExitTimeOut"] > 300
+
+
+def test_a_multi_rank_server_runs_the_launcher_and_lets_it_stop_the_ranks(tmp_path):
+    two = spec(ranks=2, parallel="pipeline")
+    assert two.program_arguments() == EXPECTED_ARGS + ["--ranks", "2", "--parallel", "pipeline"]
+    unit = parse_unit(systemd.render_unit(two, tmp_path, log_to_files=False))
+    assert values(unit["Service"], "KillMode") == ["mixed"]
+    hosts = spec(hostfile="/etc/mlx/hosts.json")
+    assert hosts.program_arguments() == EXPECTED_ARGS + ["--hostfile", "/etc/mlx/hosts.json"]
+    assert spec().program_arguments() == EXPECTED_ARGS
+    assert "KillMode" not in systemd.render_unit(spec(), tmp_path, log_to_files=False)
+    plist = plistlib.loads(launchd.render_plist(two, tmp_path))
+    assert plist["ProgramArguments"][-4:] == ["--ranks", "2", "--parallel", "pipeline"]
+    with pytest.raises(ValueError, match="--hostfile must be an absolute path"):
+        spec(hostfile="hosts.json")
