@@ -29,9 +29,11 @@ interleaves with the next message on the wire.
 Failure: a peer that dies makes the next collective raise ("[ring] connection
 to a peer was lost"): rank 0 turns that into RankFailure, which stops the
 model thread (every request it holds fails with 503) and the server exits
-non-zero. A peer that hangs is caught by the Watchdog: no progress for
---rank-timeout seconds while an operation is outstanding fails every request
-(503), names the rank, and exits the process (EXIT_RANK_FAILED).
+non-zero. The ring backend does not always raise (a peer killed mid-step can
+leave rank 0 waiting), so the Watchdog also acts: while rank 0 waits on the
+other ranks, a rank on this host that no longer exists, or no progress for
+--rank-timeout seconds (a hung rank, or one on another host), fails every
+request (503), names the rank, and exits the process (EXIT_RANK_FAILED).
 """
 
 from __future__ import annotations
@@ -139,8 +141,10 @@ class RankInfo:
         except PermissionError:
             return "running"
         try:
-            stat = open(f"/proc/{self.pid}/stat").read()
-            if stat.rsplit(")", 1)[1].split()[0] in ("T", "t"):
+            stat = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            if stat in ("Z", "X"):  # dead, not yet reaped by the launcher
+                return "gone"
+            if stat in ("T", "t"):
                 return "stopped"
         except OSError:
             pass
@@ -174,9 +178,10 @@ def describe_failure(infos: list[RankInfo], what: str) -> str:
 class Watchdog:
     """Fires when rank 0 has waited on the other ranks for `timeout_s` without progress."""
 
-    def __init__(self, timeout_s: float, on_fire):
+    def __init__(self, timeout_s: float, on_fire, gone=None):
         self.timeout_s = timeout_s
         self.on_fire = on_fire
+        self.gone = gone  # -> a rank on this host that no longer exists, or None: no need to wait out the timeout
         self._since: float | None = None  # when the oldest outstanding wait began
         self._what = ""
         self._lock = threading.Lock()
@@ -201,9 +206,10 @@ class Watchdog:
         while not self.fired:
             time.sleep(min(1.0, self.timeout_s / 4))
             with self._lock:
-                late = self._since is not None and time.monotonic() - self._since > self.timeout_s
+                waiting = self._since is not None
+                late = waiting and time.monotonic() - self._since > self.timeout_s
                 what = self._what
-            if late:
+            if late or (waiting and self.gone is not None and self.gone() is not None):
                 self.fired = True
                 self.on_fire(what)
 
@@ -222,7 +228,7 @@ class RankSet:
         self.num_layers = lm.num_layers
         self.hidden_size = lm.hidden_size
         self.first_layer, self.end_layer = (lm.shard.first_layer, lm.shard.end_layer) if self.pipeline else (0, lm.num_layers)
-        self.watchdog = Watchdog(timeout_s, self._hung)
+        self.watchdog = Watchdog(timeout_s, self._hung, gone=self._gone)
         self.on_hang = None  # set by the server: fail every request, then exit
         self.failure: str | None = None
         self.batch: ReplicatedBatch | None = None
@@ -231,13 +237,21 @@ class RankSet:
         return {"size": self.link.size, "parallel": self.plan.mode if self.plan else None,
                 "ranks": [{"rank": i.rank, "host": i.host, "pid": i.pid, **i.plan} for i in self.infos]}
 
+    def _gone(self):
+        return next((i for i in self.infos[1:] if i.state() == "gone"), None)
+
     def _hung(self, what: str) -> None:
-        self.failure = describe_failure(self.infos, f"no answer for {self.watchdog.timeout_s:g}s during {what}")
+        why = f"lost a rank during {what}" if self._gone() is not None else f"no answer for {self.watchdog.timeout_s:g}s during {what}"
+        self.failure = describe_failure(self.infos, why)
         log.error("%s", self.failure)
         if self.on_hang is not None:
             self.on_hang(self.failure)
 
     def failed(self, exc: BaseException, what: str) -> RankFailure:
+        for _ in range(4):  # the lost connection can be seen before the peer's process is gone
+            if any(i.state() in ("gone", "stopped") for i in self.infos[1:]):
+                break
+            time.sleep(0.25)
         self.failure = describe_failure(self.infos, f"{what} failed ({exc})")
         log.error("%s", self.failure)
         return RankFailure(self.failure)

@@ -206,7 +206,7 @@ def _long_request(server, result: dict) -> None:
     try:
         r = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
             "model": "default", "messages": [{"role": "user", "content": "Write a long story about a dragon."}], "max_tokens": 400, "temperature": 0})
-        result["status"], result["body"] = r.status_code, r.json()
+        result["status"], result["body"], result["at"] = r.status_code, r.json(), time.monotonic()
     except httpx.HTTPError as exc:
         result["error"] = exc
 
@@ -221,10 +221,14 @@ def test_a_dead_or_hung_rank_fails_requests_with_503_and_exits_non_zero(tmp_path
         t.start()
         time.sleep(4)  # the request is decoding on both ranks
         os.kill(pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        killed_at = time.monotonic()
         t.join(timeout=120)
         assert result.get("status") == 503, result
         assert result["body"]["error"]["type"] == "server_error"
-        assert "rank" in result["body"]["error"]["message"]
+        message = result["body"]["error"]["message"]
+        assert f"rank 1 (pid {pid} on " in message and ("is gone" if how == "killed" else "is stopped") in message, message
+        if how == "killed":  # seen at once, not after --rank-timeout
+            assert result["at"] - killed_at < 8, result["at"] - killed_at
         server.proc.wait(timeout=60)
         assert server.proc.returncode == 70
         log = server.log()
