@@ -209,6 +209,7 @@ def capability_table(r: dict) -> str:
     steer = ", ".join(f"{a['vector']} {a['op']} alpha {a['alpha']}" for a in r.get("steering_applied") or [])
     lines = [
         f"lm-eval {r['versions'].get('lm_eval')} (`local-completions`) against the server; steered = the preset {r['config']['steer']} ({steer}).",
+        *[f"The server's echo warned: {w}" for a in r.get("steering_applied") or [] for w in a.get("warnings") or []],
         "",
         "| task | metric | plain ± stderr | steered ± stderr | steered − plain |",
         "|---|---|---|---|---|",
@@ -222,7 +223,7 @@ def capability_table(r: dict) -> str:
 
 
 TABLES = {"colour_swap": colour_table, "sycophancy": sycophancy_table, "confound": confound_table, "contamination": contamination_table,
-          "capability": capability_table}
+          "capability": capability_table, "capability_recommended": capability_table}
 
 
 def render(results_dir: Path) -> str:
