@@ -210,8 +210,6 @@ TOPICS = ("a house", "a car", "a flower", "a shirt", "the sky", "a bird", "a pai
 
 @pytest.mark.integration
 def test_default_model_vector_separates_and_steers(default_lm):
-    from mlx_interp.steering.generation import generate
-
     # the colour word is the last token, where the pair is read (as the shipped green_red is built)
     pairs = [{"positive": f"Describe {t} that is bright red", "negative": f"Describe {t} that is bright blue"} for t in TOPICS]
     vector = build_vector(default_lm, pairs, "red_blue", chat=False)
