@@ -235,7 +235,8 @@ def _item_rates(rows: list[dict], items: list) -> np.ndarray:
 
 
 def swap_stats(rows: list[dict], config: ColourConfig, seed_offset: int = 0) -> dict:
-    """Swap rate with an interval that resamples items, on all rows and on rows the unsteered model got right."""
+    """Swap rate on all rows and on rows the unsteered model got right: an interval resampling items
+    (ci95, the honest one when an item's two phrasings agree) and Wilson's over rows (wilson95)."""
     out = {}
     for subset, chosen in (("all", rows), ("correct", [r for r in rows if r["baseline_answer"] == r["truth"]])):
         by = items_of(chosen)
@@ -243,7 +244,8 @@ def swap_stats(rows: list[dict], config: ColourConfig, seed_offset: int = 0) -> 
         totals = np.array([len(v) for v in by.values()])
         k, n = int(hits.sum()), int(totals.sum())
         out[subset] = {"swaps": k, "n": n, "n_items": len(by), "rate": _rate(k, n),
-                       "ci95": clustered_rate_ci(hits, totals, config.n_bootstrap, config.seed + seed_offset)}
+                       "ci95": clustered_rate_ci(hits, totals, config.n_bootstrap, config.seed + seed_offset),
+                       "wilson95": list(wilson_interval(k, n))}  # rows as independent: narrower than ci95 when phrasings agree
     return out
 
 

@@ -86,6 +86,56 @@ PAIR_FRAMES = [
 PAIR_OBJECTS = ["car", "door", "shirt", "balloon", "cup", "bicycle", "umbrella", "kite"]
 
 
+# Items for the chat-context green_red vector (steering/data/green_red_chat.jsonl) and its
+# development questions: none of them is one of the study's items above, so the study stays a
+# test the vector was neither built nor tuned on. Every third item is held out for choosing
+# layers and strength (the dev set); the rest build the vector.
+CHAT_GREEN_THINGS = [
+    "a frog", "a kiwi fruit's flesh", "a praying mantis", "Shrek", "the Grinch", "a four-leaf clover",
+    "a golf course's fairway", "a pea pod", "an iguana", "guacamole", "pesto sauce", "wasabi paste",
+    "a honeydew melon's flesh", "a brussels sprout", "an artichoke", "matcha tea", "a grasshopper",
+    "a leprechaun's hat", "a cabbage leaf", "an unripe banana", "a pistachio nut", "a jalapeño pepper",
+    "okra", "a bamboo leaf",
+]
+CHAT_RED_THINGS = [
+    "a Valentine's Day heart", "a brick", "a Coca-Cola can", "a matador's cape", "Mario's cap",
+    "Spider-Man's mask", "a Ferrari sports car", "a fire extinguisher", "a radish's skin",
+    "the Swiss flag's background", "the Chinese flag's background", "a barn in the American countryside",
+    "a boxing glove", "a cooked crab's shell", "the Netflix logo", "the YouTube play button",
+    "a pepperoni slice", "a rooster's comb", "Lightning McQueen", "a Manchester United home shirt",
+    "a Kit Kat wrapper", "a rose in a Valentine's bouquet", "a fire alarm button", "Twizzlers liquorice",
+]
+CHAT_DEV_EVERY = 3  # item i is a dev item when i % 3 == 2
+
+
+def _chat_colour_rows(dev: bool) -> list[tuple[int, int, str, str]]:
+    """(item, phrasing, green question, red question) for the chat vector's build or dev items."""
+    rows = []
+    for i, (g, r) in enumerate(zip(CHAT_GREEN_THINGS, CHAT_RED_THINGS)):
+        if (i % CHAT_DEV_EVERY == CHAT_DEV_EVERY - 1) != dev:
+            continue
+        for k in range(2):
+            t = COLOUR_TEMPLATES[(2 * i + k + 1) % len(COLOUR_TEMPLATES)]
+            rows.append((i, k, t.format(x=g, X=g[0].upper() + g[1:]), t.format(x=r, X=r[0].upper() + r[1:])))
+    return rows
+
+
+def green_red_chat_pairs() -> list[dict]:
+    """Contrastive pairs read in the chat template at the answer position: a red item's question
+    (positive) against a green item's in the same phrasing (negative)."""
+    return [{"positive": red, "negative": green, "chat": True, "group": f"chat-{i:02d}"}
+            for i, _, green, red in _chat_colour_rows(dev=False)]
+
+
+def green_red_chat_dev() -> list[dict]:
+    """Held-out questions (same format as colour_questions.jsonl) for choosing the chat vector's layers and alpha."""
+    rows = []
+    for i, k, green, red in _chat_colour_rows(dev=True):
+        rows.append({"id": f"dev-green-{i:02d}-{k}", "question": green, "answer": "green", "group": f"dev-green-{i:02d}"})
+        rows.append({"id": f"dev-red-{i:02d}-{k}", "question": red, "answer": "red", "group": f"dev-red-{i:02d}"})
+    return rows
+
+
 def colour_questions() -> list[dict]:
     rows = []
     for answer, things in (("green", GREEN_THINGS), ("red", RED_THINGS)):
@@ -388,6 +438,8 @@ DATASETS = {
     EXPERIMENT_DATA / "colour_controls.jsonl": colour_controls,
     EXPERIMENT_DATA / "contamination.jsonl": contamination_rows,
     STEERING_DATA / "green_red.jsonl": green_red_pairs,
+    STEERING_DATA / "green_red_chat.jsonl": green_red_chat_pairs,
+    STEERING_DATA / "green_red_chat_dev.jsonl": green_red_chat_dev,
     PROBE_DATA / "sycophancy.jsonl": sycophancy_rows,
     PROBE_DATA / "confound.jsonl": confound_rows,
 }

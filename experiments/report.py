@@ -51,10 +51,13 @@ def _pct(x) -> str:
 
 
 def _swap_cell(s: dict) -> str:
-    """rate (k/n) [95% CI resampling items]"""
+    """rate (k/n) [95% CI resampling items]; Wilson [95% CI over rows] where the results have it"""
     if not s or s["rate"] is None:
         return "–"
-    return f"{_pct(s['rate'])} ({s['swaps']}/{s['n']}) [{_pct(s['ci95'][0])}, {_pct(s['ci95'][1])}]"
+    cell = f"{_pct(s['rate'])} ({s['swaps']}/{s['n']}) [{_pct(s['ci95'][0])}, {_pct(s['ci95'][1])}]"
+    if s.get("wilson95"):
+        cell += f"; Wilson [{_pct(s['wilson95'][0])}, {_pct(s['wilson95'][1])}]"
+    return cell
 
 
 def _p(x) -> str:
@@ -70,7 +73,7 @@ def colour_table(r: dict) -> str:
         f"({_pct(b['correct_rate'])}), {_pct(b['swap_rate'])} with the other one, {_pct(b['no_colour_rate'])} with no colour. "
         f"Vector layers {v['layers']}, alpha unit `{v['alpha_unit']}`; per-layer coefficient at each alpha: {coefficient}."),
         "",
-        ("| op | alpha | swap rate, all questions [95% CI] | swap rate, questions answered right unsteered [95% CI] | green→red | red→green "
+        ("| op | alpha | swap rate, all questions [95% CI by item]; Wilson | swap rate, questions answered right unsteered [95% CI by item]; Wilson | green→red | red→green "
         "| no colour | KL (nats) | controls turned green/red | items up/down vs unsteered | p vs unsteered (by item) |"),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -118,7 +121,13 @@ def _colour_seed_table(r: dict) -> list[str]:
             f"| vector vs random, rows as independent (the seed's test) | binomial p {_p(vr['rows_binomial_p'])} | {SEED_7B['colour_p']} |",
         ]
     if refl:
-        lines.append(f"| reflect at alpha 1: swap rate, all questions | {_swap_cell(refl['all'])} | {NOT_REPORTED} |")
+        lines += [
+            f"| reflect at alpha 1: swap rate, all questions | {_swap_cell(refl['all'])} | {NOT_REPORTED} |",
+            f"| reflect at alpha 1: green→red / red→green | {_pct(refl['green_to_red'])} / {_pct(refl['red_to_green'])} | {NOT_REPORTED} |",
+        ]
+        c = refl.get("controls")
+        if c:
+            lines.append(f"| reflect at alpha 1: controls turned green or red | {c['contaminated']}/{c['eligible']} | {NOT_REPORTED} |")
     return lines
 
 
@@ -200,6 +209,7 @@ def capability_table(r: dict) -> str:
     steer = ", ".join(f"{a['vector']} {a['op']} alpha {a['alpha']}" for a in r.get("steering_applied") or [])
     lines = [
         f"lm-eval {r['versions'].get('lm_eval')} (`local-completions`) against the server; steered = the preset {r['config']['steer']} ({steer}).",
+        *[f"The server's echo warned: {w}" for a in r.get("steering_applied") or [] for w in a.get("warnings") or []],
         "",
         "| task | metric | plain ± stderr | steered ± stderr | steered − plain |",
         "|---|---|---|---|---|",
@@ -213,7 +223,7 @@ def capability_table(r: dict) -> str:
 
 
 TABLES = {"colour_swap": colour_table, "sycophancy": sycophancy_table, "confound": confound_table, "contamination": contamination_table,
-          "capability": capability_table}
+          "capability": capability_table, "capability_recommended": capability_table}
 
 
 def render(results_dir: Path) -> str:

@@ -18,9 +18,11 @@ END_GRACE_S = 5.0  # after --drain-s, the engine ends what is left; streams get 
 SERVE_EXAMPLE = """\
 example: unsteered and steered side by side (n 2, one alpha per choice), default model:
   {"messages": [{"role": "user", "content": "What colour is fresh grass? Answer with one word."}],
-   "max_tokens": 12, "temperature": 0, "n": 2, "steer": [{"vector": "green_red", "alpha": [0, 1.5]}]}
+   "max_tokens": 12, "temperature": 0, "n": 2, "steer": [{"vector": "green_red", "alpha": [0, 1.25]}]}
   choice 0: The colour of fresh grass is a mix of various colors,
-  choice 1: The answer will be: \u201cRed\u201d in the original sentence
+  choice 1: The answer is: red.
+  (alpha 1.25 is green_red's calibrated default; the design card's 1.5 answers
+   "The answer will be: \u201cRed\u201d in the original sentence", with a warning: past the coherent range)
 
 alpha (add) is the total shift across the steered layers in units of the vector's class-mean
 difference; GET /v1/steering/vectors shows each vector's calibrated coherent range. See docs/steering.md."""

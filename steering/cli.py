@@ -21,9 +21,10 @@ DEFAULT_MAX_TOKENS = 64
 # What the default model answered, greedy, library path (bench/colour_steer_check.py, docs/steering.md).
 STEER_EXAMPLE = """\
 example (default model, temperature 0):
-  mlx-interp generate --prompt "What colour is fresh grass? Answer with one word." --steer green_red=1.5 --max-tokens 8
+  mlx-interp generate --prompt "What colour is fresh grass? Answer with one word." --steer green_red=1.25 --max-tokens 8
     unsteered: The colour of fresh grass is a mix
-    steered:   The answer will be: \u201cRed\u201d
+    steered:   The answer is: red.
+  (1.25 is green_red's calibrated default; the design card's 1.5 gives "The answer will be: \u201cRed\u201d")
 
 alpha (add) is the total shift across the steered layers in units of the vector's class-mean
 difference: 1 moves a typical green state as far as a typical red one, whatever the layers.

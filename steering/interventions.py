@@ -6,19 +6,23 @@ stream across the steered layers, in units of the vector's own class-mean
 difference. The server adds c·v_l at every steered layer l (v_l is that
 layer's class-mean difference) with one per-layer coefficient
 
-    c = alpha / Σ_l cos(v_l, v_L)        (L the last steered layer)
+    c = alpha / Σ_l t(l, L)        (L the last steered layer)
+    t(l, L) = Π_{j=l}^{L-1} cos(v_j, v_{j+1})     (t(L, L) = 1)
 
-Each add is c class-mean differences of its own layer; the model carries a
-shift toward "red" forward as a shift toward "red" in later layers' own units,
-rotated with the concept's direction, so a layer's add counts by its alignment
-with the last layer's direction. For one layer c = alpha; for k parallel
-directions c = alpha / k. Measured on SmolLM2-135M with green_red at alpha 1.5
-(bench/alpha_unit_check.py; docs/steering.md), the shift at the last steered
-layer along its class-mean difference: 1.50 for layer 17 alone, 1.48 for
-12-17, 1.32 for 0-17, 2.08 for all 30 layers (layers 0-22 have cosine 0.2-0.3
-with layer 29's direction, yet the model carries their push into it more than
-their cosine credits). Counting each add by its projection on v_L instead gave
-3.3 for all 30 layers.
+Each add is c class-mean differences of its own layer. The residual stream
+carries a push forward block by block, and the concept's direction rotates a
+little at each block (adjacent cosines 0.94-0.99 on green_red), so a push along
+v_l reaches layer L as the part of it that survives each step's rotation: the
+product of the adjacent cosines along the way, not the direct cosine of v_l
+with v_L (which treats a slow rotation across 30 blocks as if it were one
+jump). For one layer c = alpha; for k parallel directions c = alpha / k.
+Measured on SmolLM2-135M with green_red at alpha 1.5 (bench/alpha_unit_check.py;
+docs/steering.md), the shift at the last steered layer along its class-mean
+difference: 1.50 for layer 17 alone, 1.49 for 12-17, 1.42 for 0-17, 1.67 for all
+30 layers. The two rules tried before: direct cosine with v_L (1.32 for 0-17,
+2.08 for all 30: layers 0-22 have cosine 0.2-0.3 with layer 29's direction, but
+their push arrives through 20 small rotations, not one large one), and
+projection on v_L (3.3 for all 30 layers).
 Imported llama.cpp / repeng control vectors have no class means and keep
 llama.cpp's meaning (`AlphaUnit.PER_LAYER`): c = alpha at every layer.
 
@@ -77,9 +81,26 @@ class AlphaUnit(str, Enum):
     PER_LAYER = "per_layer"  # llama.cpp's meaning: alpha times the direction at every steered layer
 
 
-# Below this summed cosine the directions do not add up along v_L (they point elsewhere or
+# Below this summed transport the directions do not add up along v_L (they point elsewhere or
 # cancel) and the derivation would divide by almost nothing: fall back to alpha / k.
 MIN_ALIGNED_SHARE = 0.25
+
+
+def transport_weights(directions: np.ndarray, layers: Sequence[int]) -> np.ndarray:
+    """t(l, L) for each of `layers` (L = the last): the product of adjacent cosines from l up to L.
+
+    The path runs through every layer from l to L that has a direction (a zero row, a layer the
+    vector has no direction for, is stepped over), so a push at layer 3 of a 3,8,12 selection is
+    carried through layers 4-11 as the model carries it.
+    """
+    layers = sorted(int(l) for l in layers)
+    rows = directions[: layers[-1] + 1].astype(np.float64)
+    norms = np.linalg.norm(rows, axis=1)
+    path = [j for j in range(layers[0], layers[-1] + 1) if norms[j] > 0]
+    weight = {path[-1]: 1.0}
+    for a, b in zip(reversed(path[:-1]), reversed(path[1:])):  # walk down from L: t(a) = cos(v_a, v_b)·t(b)
+        weight[a] = float(rows[a] @ rows[b] / (norms[a] * norms[b])) * weight[b]
+    return np.array([weight.get(l, 0.0) for l in layers])
 
 
 def per_layer_coefficient(directions: np.ndarray, layers: Sequence[int], alpha: float, unit: "AlphaUnit") -> float:
@@ -87,13 +108,10 @@ def per_layer_coefficient(directions: np.ndarray, layers: Sequence[int], alpha: 
     unit = AlphaUnit(unit)
     if unit is AlphaUnit.PER_LAYER or len(layers) <= 1:
         return float(alpha)
-    rows = directions[list(layers)].astype(np.float64)
-    norms = np.linalg.norm(rows, axis=1)
-    last = directions[max(layers)].astype(np.float64)
-    last_norm = float(np.linalg.norm(last))
-    if last_norm <= 0 or np.any(norms <= 0):
+    norms = np.linalg.norm(directions[list(layers)].astype(np.float64), axis=1)
+    if np.any(norms <= 0):
         return float(alpha) / len(layers)
-    aligned = float(np.sum(rows @ last / (norms * last_norm)))
+    aligned = float(np.sum(transport_weights(directions, layers)))
     if aligned < MIN_ALIGNED_SHARE:
         return float(alpha) / len(layers)
     return float(alpha) / aligned

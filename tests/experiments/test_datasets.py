@@ -92,3 +92,20 @@ def test_contamination_variants_and_padding_length():
         assert v["rubric"].startswith(v["clean"]) and v["padding"].startswith(v["clean"])
         assert len(v["padding"]) == len(v["rubric"]), g  # same length in characters
         assert v["rubric"] != v["wrong_rubric"]
+
+
+def test_chat_vector_items_are_disjoint_from_the_study_and_from_each_other():
+    """The chat-context green_red experiment (bench/green_red_chat_check.py) builds and tunes on items the colour study never asks about."""
+    from mlx_interp import paths
+
+    study = {r["question"] for r in read_jsonl(COLOUR_QUESTIONS)}
+    study_things = {t.lower() for t in make_datasets.GREEN_THINGS + make_datasets.RED_THINGS}
+    chat_things = [t.lower() for t in make_datasets.CHAT_GREEN_THINGS + make_datasets.CHAT_RED_THINGS]
+    assert not study_things & set(chat_things) and len(set(chat_things)) == len(chat_things)
+    assert not any(w in t.split() for t in chat_things for w in ("green", "red"))  # the item never names the answer
+    build = read_jsonl(paths.STEERING_DATA / "green_red_chat.jsonl")
+    dev = read_jsonl(paths.STEERING_DATA / "green_red_chat_dev.jsonl")
+    build_questions = {p[side] for p in build for side in ("positive", "negative")}
+    assert len(build) == 32 and len(dev) == 32 and all(p["chat"] for p in build)
+    assert not build_questions & study and not {q["question"] for q in dev} & (study | build_questions)
+    assert Counter(q["answer"] for q in dev) == {"green": 16, "red": 16}

@@ -49,6 +49,17 @@ def test_colour_swap_quick(default_lm, tmp_path):
     add = [e for e in r["sweep"] if e["op"] == "add"]
     assert add[-1]["kl_mean"] > add[0]["kl_mean"] > 0
     assert all(x["kl"] == pytest.approx(0, abs=1e-6) for x in r["records"] if x["condition"] == "baseline")
+    # documented: reflect at 1 is gentle (small KL, no more controls touched than by add) and swaps one way, green -> red, not back
+    # (quick run: green->red 4/6, red->green 0/6, KL 0.02 against 1.9 for add)
+    refl = next(e for e in r["sweep"] if e["op"] == "reflect" and e["alpha"] == 1.0)
+    assert refl["kl_mean"] < 0.2 * head["kl_mean"] and refl["controls"]["contaminated"] <= head["controls"]["contaminated"]
+    assert refl["green_to_red"] >= refl["red_to_green"] + 0.15 and refl["red_to_green"] <= 0.2
+    # the study steers with the coefficient the server derives for the same request
+    from mlx_interp.steering.vectors import SteeringVector
+    from mlx_interp.gateway.catalog import SHIPPED_VECTORS
+
+    shipped = SteeringVector.load(SHIPPED_VECTORS / "green_red.json")
+    assert r["vector"]["per_layer_alpha"][str(cfg.headline_alpha)] == shipped.intervention(cfg.headline_alpha).per_layer_alpha
 
 
 @pytest.mark.integration
@@ -100,6 +111,25 @@ def test_report_tables_in_docs_are_generated_from_the_committed_results():
     for stem in stems:
         table = TABLES[stem](json.loads((RESULTS_DIR / f"{stem}.json").read_text()))
         assert table in doc, f"docs/results.md does not hold the {stem} table rendered from docs/results/{stem}.json"
+
+
+def test_committed_colour_and_capability_runs_used_the_served_coefficient(tmp_path):
+    """The per-layer coefficient recorded by the committed runs is what the server echoes for {"green_red": 1.5} now."""
+    from mlx_interp.gateway import steer_spec
+    from mlx_interp.gateway.catalog import SHIPPED_VECTORS, Shelf
+    from mlx_interp.gateway.limits import Limits
+    from mlx_interp.steering.vectors import VectorLibrary
+
+    shelf = Shelf([VectorLibrary(tmp_path), VectorLibrary(SHIPPED_VECTORS)])
+    assert shelf.load_all() == []
+    plan = steer_spec.build_plan(steer_spec.parse_body({"green_red": 1.5}, 1, Limits()), 1, shelf, Limits())
+    (served,) = plan.applied
+    colour = json.loads((RESULTS_DIR / "colour_swap.json").read_text())
+    assert colour["vector"]["sha256"] == served["sha256"]
+    assert colour["vector"]["per_layer_alpha"]["1.5"] == pytest.approx(served["per_layer_alpha"], abs=1e-6)  # the echo rounds
+    capability = json.loads((RESULTS_DIR / "capability.json").read_text())
+    (steered,) = capability["steering_applied"]
+    assert steered["sha256"] == served["sha256"] and steered["per_layer_alpha"] == served["per_layer_alpha"]
 
 
 def test_committed_colour_summary_is_recomputed_from_its_records():

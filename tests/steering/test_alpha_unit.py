@@ -21,6 +21,7 @@ from mlx_interp.steering.interventions import (
     Phase,
     RowSteering,
     per_layer_coefficient,
+    transport_weights,
 )
 
 UNIT_FAMILIES = ("llama", "qwen2", "gemma")
@@ -43,18 +44,32 @@ def test_parallel_equal_directions_share_alpha_equally():
     assert per_layer_coefficient(d, range(6), 1.5, AlphaUnit.TOTAL) == pytest.approx(1.5 / 6)
 
 
-def test_each_layer_counts_by_its_alignment_with_the_last_and_not_by_its_size():
+def test_each_layer_counts_by_the_transport_to_the_last_and_not_by_its_size():
     rng = np.random.default_rng(1)
     base = rng.standard_normal(16)
     d = np.stack([base * (1 + 0.3 * l) + 0.2 * rng.standard_normal(16) for l in range(6)]).astype(np.float32)
     layers = (1, 2, 3, 4)
     c = per_layer_coefficient(d, layers, 2.0, AlphaUnit.TOTAL)
     unit = d / np.linalg.norm(d, axis=1, keepdims=True)
-    # c class-mean differences at each layer, counted by cosine with the last: alpha in total
-    assert sum(c * float(unit[l] @ unit[4]) for l in layers) == pytest.approx(2.0, rel=1e-5)
+    adjacent = [float(unit[l] @ unit[l + 1]) for l in range(5)]
+    # c class-mean differences at each layer, each carried to layer 4 through the adjacent rotations: alpha in total
+    carried = [float(np.prod(adjacent[l:4])) for l in layers]
+    assert carried[-1] == 1.0
+    assert sum(c * t for t in carried) == pytest.approx(2.0, rel=1e-5)
+    np.testing.assert_allclose(transport_weights(d, layers), carried, rtol=1e-6)
     # growing sizes alone do not change c: the unit is each layer's own class-mean difference
     scaled = d * np.arange(1, 7, dtype=np.float32)[:, None]
     assert per_layer_coefficient(scaled, layers, 2.0, AlphaUnit.TOTAL) == pytest.approx(c, rel=1e-5)
+
+
+def test_transport_steps_through_unselected_layers_and_over_missing_ones():
+    """A push at layer 0 of a 0,2 selection is carried through layer 1; a zero row (no direction) is stepped over."""
+    d = np.zeros((4, 2), np.float32)
+    d[0], d[1], d[2], d[3] = [1, 0], [1, 1], [0, 1], [0, 0]
+    # 0 -> 1 -> 2: cos 45° twice = 0.5 (the direct cosine of v_0 and v_2 is 0)
+    np.testing.assert_allclose(transport_weights(d, (0, 2)), [0.5, 1.0], rtol=1e-6)
+    d[1] = 0.0  # no direction at layer 1: the path goes 0 -> 2 directly
+    np.testing.assert_allclose(transport_weights(d, (0, 2)), [0.0, 1.0], atol=1e-7)
 
 
 def test_per_layer_unit_is_llama_cpp_meaning():
@@ -66,7 +81,7 @@ def test_per_layer_unit_is_llama_cpp_meaning():
 
 def test_directions_that_do_not_add_up_fall_back_to_alpha_over_k():
     d = np.zeros((3, 4), np.float32)
-    d[0, 1], d[1, 0], d[2, 1] = -1.0, 1.0, 1.0  # cosines -1, 0, 1 with the last: they cancel
+    d[0, 0], d[1, 1], d[2, 1] = 1.0, -1.0, 1.0  # transports 0, -1, 1 to the last layer: they cancel
     assert MIN_ALIGNED_SHARE > 0
     assert per_layer_coefficient(d, (0, 1, 2), 3.0, AlphaUnit.TOTAL) == pytest.approx(1.0)
 
@@ -142,6 +157,6 @@ def test_the_next_token_kl_spreads_less_than_with_per_layer_alpha(lm_and_vector)
     print(f"KL ours {np.round(ours, 3)} per-layer {np.round(theirs, 3)}")
     # Random tiny models: early layers' directions are far from the last one's (cosine 0.2-0.5), so
     # their adds move the output in other ways too, and KL saturates. Measured (max/min over one, six,
-    # all layers): ours 1.5 / 3.1 / 1.3, per-layer 2.3 / 5.5 / 1.9 (llama / qwen2 / gemma).
+    # all layers): ours 1.5 / 3.2 / 1.3, per-layer 2.3 / 5.5 / 1.9 (llama / qwen2 / gemma; transport rule).
     assert max(ours) / min(ours) < 4.5
     assert max(ours) / min(ours) < max(theirs) / min(theirs)

@@ -210,16 +210,33 @@ TOPICS = ("a house", "a car", "a flower", "a shirt", "the sky", "a bird", "a pai
 
 @pytest.mark.integration
 def test_default_model_vector_separates_and_steers(default_lm):
-    from mlx_interp.steering.generation import generate
-
-    pairs = [{"positive": f"Describe {t} that is bright red.", "negative": f"Describe {t} that is bright blue."} for t in TOPICS]
-    vector = build_vector(default_lm, pairs, "red_blue")
+    # the colour word is the last token, where the pair is read (as the shipped green_red is built)
+    pairs = [{"positive": f"Describe {t} that is bright red", "negative": f"Describe {t} that is bright blue"} for t in TOPICS]
+    vector = build_vector(default_lm, pairs, "red_blue", chat=False)
     extra = vector.metadata["extra"]
     band = vector.recommended_layers
     # the colour is clearly decodable in the chosen band, on held-out pairs
     assert min(extra["heldout_sign_accuracy"][l] for l in band) >= 7 / 8
     assert max(extra["separation"][l] for l in band) > 2.0
     assert set(band) <= set(eligible_layers(default_lm.num_layers))
-    prompt = "Describe a flower in one sentence."
-    base, steered = generate(default_lm, [prompt, prompt], [[], [vector.intervention()]], max_tokens=16)
-    assert steered.tokens != base.tokens
+    # meaning, not just "the tokens differ": asked for the sky's colour, the next-token distribution
+    # moves toward " red" and away from " blue" with alpha > 0, and the other way with alpha < 0
+    from mlx_interp.experiments.decoding import chat_tokens, greedy_decode
+
+    tok = default_lm.tokenizer
+    prompt = chat_tokens(default_lm, "What colour is the clear daytime sky? Answer with one word.", "Answer with one word.")
+    prompt += tok.encode("The answer is", add_special_tokens=False)
+    red, blue = (tok.encode(w, add_special_tokens=False)[0] for w in (" red", " blue"))
+    runs = greedy_decode(default_lm, [prompt] * 3, [[], [vector.intervention(1.5)], [vector.intervention(-1.5)]],
+                         max_tokens=3, share_prefix=False)
+    margin = [float(r.first_logprobs[red] - r.first_logprobs[blue]) for r in runs]
+    print("log p(red) - log p(blue): unsteered, +1.5, -1.5:", np.round(margin, 2), [r.text for r in runs])
+    assert margin[1] > margin[0] + MEANING_NATS, margin
+    assert margin[2] < margin[0] - MEANING_NATS, margin
+    assert "blue" in runs[0].text.lower()  # the unsteered model knows the sky
+
+
+# Measured: margin -0.50 unsteered, +6.55 at alpha 1.5, -5.82 at -1.5 (a vector read at a chat template's
+# assistant cue instead of the colour word moved it by 0.1-0.15 only). A direction that does not carry
+# red vs blue cannot pass this.
+MEANING_NATS = 3.0

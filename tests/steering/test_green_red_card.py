@@ -65,7 +65,10 @@ def test_reflect_at_one_turns_grass_red_in_readable_text(default_lm, answers):
     assert _coherent(default_lm, plain, reflected), (plain.text, reflected.text)
 
 
-def test_the_shipped_vector_is_calibrated_and_the_card_alpha_is_inside_its_range(green_red):
+def test_the_shipped_vector_is_calibrated_and_the_card_alpha_is_at_the_edge_of_its_range(green_red):
+    """Calibrated on neutral prompts, the range ends at 1.25 (docs/steering.md): the card's 1.5 still reads
+    well on a colour question (the tests above) but breaks a neutral answer, so the echo warns about it."""
     assert green_red.calibrated
     low, high = green_red.coherent_range
-    assert low < 0 < CARD_ALPHA <= high
+    assert low < 0 < 1.0 <= high < CARD_ALPHA <= high + 0.5
+    assert green_red.default_alpha == green_red.metadata["calibration"]["recommended_alpha"] == high
