@@ -22,6 +22,7 @@ from dataclasses import dataclass
 ENV_BLAS = "MLX_INTERP_BLAS"  # "auto" (default), "reference" to keep mlx's own, or a path to a BLAS .so
 ENV_DTYPE = "MLX_INTERP_DTYPE"  # "auto", "float32", "float16", "bfloat16", "native" (keep checkpoint dtype/quantization)
 ENV_GEMV = "MLX_INTERP_GEMV"  # "auto" (default): one-row products go to sgemv (gemv_shim.c); "0" keeps sgemm for all
+ENV_GEMV_ROWS = "MLX_INTERP_GEMV_ROWS"  # products of up to N rows go to one sgemv per row (default 1; see gemv_shim.c)
 
 OPENBLAS_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
@@ -70,6 +71,10 @@ def prefer_fast_blas() -> BlasChoice:
                     shim.mlx_interp_gemv_shim_init(ctypes.cast(blas.cblas_sgemm, ctypes.c_void_p),
                                                    ctypes.cast(blas.cblas_sgemv, ctypes.c_void_p))
                     loaded = shim._name
+                    try:
+                        shim.mlx_interp_gemv_shim_rows(int(os.environ.get(ENV_GEMV_ROWS, "1") or 1))
+                    except ValueError:
+                        pass  # not a number: one row only
                 _blas_choice = BlasChoice(path, "loaded before mlx", loaded)
                 break
     return _blas_choice
