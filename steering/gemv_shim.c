@@ -23,7 +23,7 @@ static sgemm_fn real_sgemm;
 static sgemv_fn real_sgemv;
 static long routed;
 static int enabled = 1;
-static int row_limit = 1; /* products with up to this many rows (or columns) go to sgemv, one call per row */
+static int row_limit = 1; /* products with up to this many rows go to sgemv, one call per row (backend.py sets it) */
 
 void mlx_interp_gemv_shim_init(void *gemm, void *gemv) {
     real_sgemm = (sgemm_fn)gemm;

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from mlx_interp.steering.backend import blas_choice
+from mlx_interp.steering.backend import blas_choice, gemv_rows
 from mlx_interp.steering.generation import generate
 from mlx_interp.steering.interventions import Intervention, Op
 
@@ -36,7 +36,7 @@ def _routing(on: bool, rows: int = 1):
         yield lib
     finally:
         lib.mlx_interp_gemv_shim_enable(1)
-        lib.mlx_interp_gemv_shim_rows(1)
+        lib.mlx_interp_gemv_shim_rows(gemv_rows())  # the process's setting again
 
 
 @pytest.mark.parametrize("rows", [1, 4])
@@ -98,6 +98,14 @@ def test_default_model_same_tokens(default_lm):
 
 
 def test_few_row_routing_same_tokens(tiny_lm):
-    """MLX_INTERP_GEMV_ROWS=4: a small batch's products as one sgemv per row, token for token as sgemm."""
+    """Up to 4 rows (the default MLX_INTERP_GEMV_ROWS): a small batch's products as one sgemv per row, token for token as sgemm."""
     routed, plain = _runs(tiny_lm, [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45], [9, 10], [70, 71, 72]], steps=16, rows=4)
+    assert routed == plain
+
+
+def test_default_model_few_rows_same_tokens(default_lm):
+    tok = default_lm.tokenizer
+    prompts = [tok.encode(p) for p in ("Write a story about a dragon.", "What is the capital of France?",
+                                       "List three fruits.", "Explain gravity to a child.")]
+    routed, plain = _runs(default_lm, prompts, steps=32, rows=4)
     assert routed == plain
