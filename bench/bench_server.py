@@ -12,7 +12,13 @@ Single-stream tok/s is measured between the first and the last streamed token
 (prompt processing excluded); concurrent tok/s is all clients' tokens over the
 wall time of the whole round.
 
-Run: python bench/bench_server.py [--model-dir DIR] [--tokens 64] [--repeats 2]
+--float32-mlx-lm adds mlx_lm.server on a float32 copy of the weights (the weights our
+server computes with on CPU) in a process that loads OpenBLAS first, as ours does: once
+with every product through OpenBLAS's sgemm (MLX_INTERP_GEMV=0) and once with the gemv
+shim in front of it too (steering/gemv_shim.c), i.e. the same weights and BLAS.
+--skip-native leaves out our --dtype native server and the quantized mlx_lm.server.
+
+Run: python bench/bench_server.py [--model-dir DIR] [--tokens 64] [--repeats 2] [--float32-mlx-lm]
 """
 
 from __future__ import annotations
@@ -162,12 +168,43 @@ def bench_in_process(model_dir: Path, tokens: int, repeats: int, eos_ban: dict) 
     return results
 
 
+MLX_LM_SERVER_WITH_OPENBLAS = (
+    "import sys; sys.path.insert(0, {root!r}); import mlx_interp.steering; "
+    "from mlx_lm.server import main; sys.argv = ['mlx_lm.server'] + {args!r}; main()"
+)
+
+
+def float32_copy(model_dir: Path) -> Path:
+    """The model dequantized to float32, saved once next to the model cache (what our CPU default computes with)."""
+    import shutil
+
+    import mlx_interp.steering  # noqa: F401
+    from mlx_lm.utils import save_config, save_model
+
+    from mlx_interp.steering.model import load_model
+
+    target = model_dir.parent / (model_dir.name + "-float32")
+    if (target / "model.safetensors").exists():
+        return target
+    lm = load_model(str(model_dir), dtype="float32", progress=False)
+    save_model(target, lm.model)
+    config = {k: v for k, v in lm.config.items() if k not in ("quantization", "quantization_config")}
+    save_config(config, target / "config.json")
+    for f in model_dir.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("generation_config.json", "special_tokens_map.json"):
+            shutil.copy(f, target / f.name)
+    return target
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--float32-mlx-lm", action="store_true")
+    ap.add_argument("--skip-native", action="store_true")
     args = ap.parse_args(argv)
+    print(f"load average at start: {os.getloadavg()}", flush=True)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(args.model_dir))
@@ -175,7 +212,7 @@ def main(argv=None) -> int:
     rows: list[tuple[str, str, float]] = []
 
     admin = "bench-admin"
-    for dtype in ("auto", "native"):
+    for dtype in ("auto",) if args.skip_native else ("auto", "native"):
         port = free_port()
         library = Path(os.environ.get("TMPDIR", "/tmp")) / f"mlx-interp-bench-{port}"
         cmd = [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", str(args.model_dir), "--port", str(port),
@@ -194,27 +231,45 @@ def main(argv=None) -> int:
         finally:
             server.stop()
 
-    port = free_port()
-    server = Server([sys.executable, "-m", "mlx_lm", "server", "--model", str(args.model_dir), "--port", str(port),
-                     "--log-level", "ERROR"], port)
-    theirs = str(args.model_dir)  # mlx_lm.server names its model by the path it was started with
-    try:
-        stream_once(server.url, 8, eos_ban, model=theirs)
-        rows.append(("mlx_lm.server (native)", "1 stream, tok/s",
-                     median_of(lambda: stream_once(server.url, args.tokens, eos_ban, model=theirs)[1], args.repeats)))
-        rows.append(("mlx_lm.server (native)", f"{CLIENTS} clients, total tok/s",
-                     median_of(lambda: concurrent_round(server.url, args.tokens, eos_ban, model=theirs), args.repeats)))
-    finally:
-        server.stop()
+    theirs_runs = [] if args.skip_native else [("mlx_lm.server (native)", args.model_dir, None)]
+    if args.float32_mlx_lm:
+        f32 = float32_copy(args.model_dir)
+        theirs_runs += [("mlx_lm.server (float32, OpenBLAS sgemm)", f32, "0"),
+                        ("mlx_lm.server (float32, OpenBLAS + gemv shim)", f32, "auto")]
+    for label, model_dir, gemv in theirs_runs:
+        port = free_port()
+        if gemv is None:
+            cmd = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir), "--port", str(port),
+                   "--log-level", "ERROR"]
+        else:
+            code = MLX_LM_SERVER_WITH_OPENBLAS.format(
+                root=str(REPO_ROOT), args=["--model", str(model_dir), "--port", str(port), "--log-level", "ERROR"])
+            cmd = [sys.executable, "-c", code]
+            os.environ["MLX_INTERP_GEMV"] = gemv  # inherited by the server process only for this start
+        try:
+            server = Server(cmd, port)
+        finally:
+            os.environ.pop("MLX_INTERP_GEMV", None)
+        theirs = str(model_dir)  # mlx_lm.server names its model by the path it was started with
+        try:
+            stream_once(server.url, 8, eos_ban, model=theirs)
+            rows.append((label, "1 stream, tok/s",
+                         median_of(lambda: stream_once(server.url, args.tokens, eos_ban, model=theirs)[1], args.repeats)))
+            rows.append((label, f"{CLIENTS} clients, total tok/s",
+                         median_of(lambda: concurrent_round(server.url, args.tokens, eos_ban, model=theirs), args.repeats)))
+        finally:
+            server.stop()
 
-    for label, tps in bench_in_process(args.model_dir, args.tokens, args.repeats, eos_ban).items():
-        rows.append((f"mlx-lm in-process ({label})", "1 stream, tok/s", tps))
+    if not args.skip_native:
+        for label, tps in bench_in_process(args.model_dir, args.tokens, args.repeats, eos_ban).items():
+            rows.append((f"mlx-lm in-process ({label})", "1 stream, tok/s", tps))
 
     width = max(len(r[0]) for r in rows) + 2
     print(f"\n{args.tokens} tokens per request, median of {args.repeats}; model {args.model_dir.name}")
     print(f"{'setup':<{width}}{'measure':<42}{'value':>8}")
     for label, measure, value in rows:
         print(f"{label:<{width}}{measure:<42}{value:8.1f}")
+    print(f"load average at end: {os.getloadavg()}")
     return 0
 
 

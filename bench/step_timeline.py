@@ -332,6 +332,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--pairs", type=int, default=64, help="step pairs per paired comparison (0: skip)")
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--pairs-only", action="store_true", help="skip the timeline and rates: paired ratios only")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -359,7 +360,7 @@ def main(argv=None) -> int:
             cases[name] = EngineCase(rig, session, steered, probed)
         for c in wanted:  # warm up each path once
             timeline(cases[c], 2)
-        for r in range(args.repeats):
+        for r in range(0 if args.pairs_only else args.repeats):
             order = wanted[r % len(wanted):] + wanted[: r % len(wanted)]
             for c in order:
                 results["timeline"][c].append(timeline(cases[c], args.steps))
@@ -369,9 +370,13 @@ def main(argv=None) -> int:
                     results["generate_step"].append(mlx_lm_rate(rig, args.steps))
             print(f"repeat {r + 1}/{args.repeats} done, load {load_avg()}", flush=True)
 
+        if args.pairs_only:
+            wanted_rows = []
+        else:
+            wanted_rows = wanted
         print(f"\nTimeline, ms per step (batch {args.batch}; median over steps, then over repeats):")
         print(f"{'case':16}" + "".join(f"{p:>9}" for p in PHASES + ('total',)) + "   pipelined tok/s/row (min..max)")
-        for c in wanted:
+        for c in wanted_rows:
             row = {p: statistics.median(t[p] for t in results["timeline"][c]) for p in PHASES + ("total",)}
             print(f"{c:16}" + "".join(f"{row[p]:9.2f}" for p in PHASES + ("total",)) + "   " + spread(results["rate"][c]))
         if results["generate_step"]:
@@ -385,19 +390,33 @@ def main(argv=None) -> int:
             if "steered+probed" in wanted and "plain" in wanted:
                 r = paired(cases["plain"], cases["steered+probed"], args.pairs)
                 results["paired"]["steered+probed/plain"] = r
+                lo, hi = median_ci(r)
                 print(f"\npaired steps, steered+probed / plain: median {statistics.median(r):.4f} "
-                      f"(IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}, {len(r)} pairs)")
-            shim = gemv_shim()
+                      f"(95% CI of the median {lo:.4f}..{hi:.4f}; IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}; {len(r)} pairs)")
+            from mlx_interp.steering.backend import default_device_kind
+
+            shim = gemv_shim() if default_device_kind() == "cpu" else None  # a GPU's matmuls never reach cblas
             if shim is not None and "plain" in wanted:
                 r = paired(cases["plain"], EngineCase(rig, session, False, False), args.pairs,
                            switch=lambda on: shim.mlx_interp_gemv_shim_enable(0 if on else 1))
                 results["paired"]["sgemm/gemv"] = r
+                lo, hi = median_ci(r)
                 print(f"paired steps, plain with sgemm only / with the gemv shim: median {statistics.median(r):.4f} "
-                      f"(IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}, {len(r)} pairs)")
+                      f"(95% CI of the median {lo:.4f}..{hi:.4f}; IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}; {len(r)} pairs)")
     print(f"load average at end: {load_avg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def median_ci(values, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the median."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    v = np.asarray(values)
+    meds = np.median(rng.choice(v, size=(rounds, len(v)), replace=True), axis=1)
+    return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
 
 
 def _q(values, q):

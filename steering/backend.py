@@ -22,6 +22,10 @@ from dataclasses import dataclass
 ENV_BLAS = "MLX_INTERP_BLAS"  # "auto" (default), "reference" to keep mlx's own, or a path to a BLAS .so
 ENV_DTYPE = "MLX_INTERP_DTYPE"  # "auto", "float32", "float16", "bfloat16", "native" (keep checkpoint dtype/quantization)
 ENV_GEMV = "MLX_INTERP_GEMV"  # "auto" (default): one-row products go to sgemv (gemv_shim.c); "0" keeps sgemm for all
+ENV_GEMV_ROWS = "MLX_INTERP_GEMV_ROWS"  # products of up to N rows go to one sgemv per row (see gemv_shim.c)
+# Decode batches of 2-4 rows: one sgemv per row was 1.18x faster per step than sgemm at batch 4 (paired steps,
+# default model, bench/README.md); the LM head alone is no faster at 4 rows and slower at 8, so 4 is the limit.
+DEFAULT_GEMV_ROWS = 4
 
 OPENBLAS_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
@@ -70,9 +74,18 @@ def prefer_fast_blas() -> BlasChoice:
                     shim.mlx_interp_gemv_shim_init(ctypes.cast(blas.cblas_sgemm, ctypes.c_void_p),
                                                    ctypes.cast(blas.cblas_sgemv, ctypes.c_void_p))
                     loaded = shim._name
+                    try:
+                        shim.mlx_interp_gemv_shim_rows(gemv_rows())
+                    except ValueError:
+                        shim.mlx_interp_gemv_shim_rows(1)  # not a number: one row only
                 _blas_choice = BlasChoice(path, "loaded before mlx", loaded)
                 break
     return _blas_choice
+
+
+def gemv_rows() -> int:
+    """How many rows a product may have and still go to sgemv (MLX_INTERP_GEMV_ROWS, default DEFAULT_GEMV_ROWS)."""
+    return max(1, int(os.environ.get(ENV_GEMV_ROWS) or DEFAULT_GEMV_ROWS))
 
 
 def _gemv_shim():

@@ -23,6 +23,7 @@ static sgemm_fn real_sgemm;
 static sgemv_fn real_sgemv;
 static long routed;
 static int enabled = 1;
+static int row_limit = 1; /* products with up to this many rows go to sgemv, one call per row (backend.py sets it) */
 
 void mlx_interp_gemv_shim_init(void *gemm, void *gemv) {
     real_sgemm = (sgemm_fn)gemm;
@@ -33,6 +34,10 @@ long mlx_interp_gemv_shim_routed(void) { return routed; }
 
 /* Benchmarks switch routing off and on inside one process, to pair steps with and without it. */
 void mlx_interp_gemv_shim_enable(int on) { enabled = on; }
+
+/* A few rows (a small decode batch) as one sgemv per row: each reads the weights once more, which
+ * for small matrices stays in cache and for large ones still beats sgemm's packing up to a few rows. */
+void mlx_interp_gemv_shim_rows(int rows) { row_limit = rows < 1 ? 1 : rows; }
 
 static void zero(float *y, int n, int inc) {
     for (int i = 0; i < n; i++) y[(size_t)i * inc] = 0.0f;
@@ -45,6 +50,20 @@ void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, co
         t = M; M = N; N = t;
         const float *p = A; A = B; B = p;
         t = lda; lda = ldb; ldb = t;
+    }
+    if (enabled && K > 0 && M > 1 && M <= row_limit && N > 1) {
+        routed++;
+        for (int r = 0; r < M; r++) {
+            const float *a = ta == NO_TRANS ? A + (size_t)r * lda : A + r; /* row r of op(A) */
+            int inca = ta == NO_TRANS ? 1 : lda;
+            float *c = C + (size_t)r * ldc;
+            if (beta == 0.0f) zero(c, N, 1);
+            if (tb == NO_TRANS)
+                real_sgemv(ROW_MAJOR, TRANS, K, N, alpha, B, ldb, a, inca, beta, c, 1);
+            else
+                real_sgemv(ROW_MAJOR, NO_TRANS, N, K, alpha, B, ldb, a, inca, beta, c, 1);
+        }
+        return;
     }
     if (enabled && K > 0 && (M == 1 || N == 1) && M > 0 && N > 0) {
         routed++;

@@ -303,7 +303,11 @@ def test_signal_drains_for_the_configured_time_then_ends_streams_cleanly(tiny_mo
             server.proc.send_signal(sig)
             # a stream of 200,000 tokens would hold an undrained server for many minutes: after --drain-s the
             # engine ends it with an in-band error and [DONE], and the server exits 0 (not -SIGTERM)
-            rest = [line for line in lines if line]
+            rest, deadline = [], time.time() + WAIT_S
+            for line in lines:
+                if line:
+                    rest.append(line)
+                assert time.time() < deadline, "the stream went on: the server did not act on the signal"
             assert server.proc.wait(timeout=WAIT_S) == 0, server.log()
         assert rest[-1] == "data: [DONE]"
         assert "shutting down" in rest[-2]

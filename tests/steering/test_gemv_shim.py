@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from mlx_interp.steering.backend import blas_choice
+from mlx_interp.steering.backend import blas_choice, gemv_rows
 from mlx_interp.steering.generation import generate
 from mlx_interp.steering.interventions import Intervention, Op
 
@@ -28,17 +28,20 @@ def _shim():
 
 
 @contextmanager
-def _routing(on: bool):
+def _routing(on: bool, rows: int = 1):
     lib = _shim()
     lib.mlx_interp_gemv_shim_enable(1 if on else 0)
+    lib.mlx_interp_gemv_shim_rows(rows)
     try:
         yield lib
     finally:
         lib.mlx_interp_gemv_shim_enable(1)
+        lib.mlx_interp_gemv_shim_rows(gemv_rows())  # the process's setting again
 
 
+@pytest.mark.parametrize("rows", [1, 4])
 @pytest.mark.parametrize("M,K,N", [(1, 576, 1536), (1, 7, 5), (5, 7, 1), (1, 1, 1), (3, 4, 5), (1, 64, 300), (300, 64, 1)])
-def test_products_match_float64(M, K, N):
+def test_products_match_float64(M, K, N, rows):
     import mlx.core as mx
 
     rng = np.random.default_rng(M * 1000 + K + N)
@@ -47,7 +50,7 @@ def test_products_match_float64(M, K, N):
     ref = a.astype(np.float64) @ b.astype(np.float64)
     A, B = mx.array(a), mx.array(b)
     At, Bt = mx.array(a.T.copy()).T, mx.array(b.T.copy()).T  # the same values, stored transposed
-    with _routing(True) as lib:
+    with _routing(True, rows) as lib:
         before = lib.mlx_interp_gemv_shim_routed()
         cases = {
             "nn": A @ B, "nt": A @ Bt, "tn": At @ B, "tt": At @ Bt,
@@ -60,8 +63,8 @@ def test_products_match_float64(M, K, N):
     for name, got in cases.items():
         want = 2 * ref + 0.5 if name == "addmm" else ref
         assert np.abs(np.array(got) - want).max() / scale < 1e-5, name
-    if M == 1 or N == 1:
-        assert routed > 0  # the one-row products went to sgemv
+    if M == 1 or N == 1 or (M <= rows and N > 1):
+        assert routed > 0  # the one-row (or few-row) products went to sgemv
 
 
 def _direction(lm, seed=3):
@@ -69,11 +72,11 @@ def _direction(lm, seed=3):
     return d / np.linalg.norm(d, axis=1, keepdims=True)
 
 
-def _runs(lm, prompts, steps):
+def _runs(lm, prompts, steps, rows=1):
     iv = Intervention("shim", _direction(lm), Op.ADD, alpha=2.0)
     out = []
     for on in (True, False):
-        with _routing(on):
+        with _routing(on, rows):
             got = [g.tokens for g in generate(lm, prompts[:1], max_tokens=steps, chat=False)]  # batch of one
             got += [g.tokens for g in generate(lm, prompts[:1], [[iv]], max_tokens=steps, chat=False)]
             got += [g.tokens for g in generate(lm, prompts, [[iv], []] * (len(prompts) // 2), max_tokens=steps, chat=False)]
@@ -91,4 +94,18 @@ def test_default_model_same_tokens(default_lm):
     prompts = [tok.encode(p) for p in ("Write a story about a dragon.", "What is the capital of France?",
                                        "List three fruits.", "Explain gravity to a child.")]
     routed, plain = _runs(default_lm, prompts, steps=32)
+    assert routed == plain
+
+
+def test_few_row_routing_same_tokens(tiny_lm):
+    """Up to 4 rows (the default MLX_INTERP_GEMV_ROWS): a small batch's products as one sgemv per row, token for token as sgemm."""
+    routed, plain = _runs(tiny_lm, [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45], [9, 10], [70, 71, 72]], steps=16, rows=4)
+    assert routed == plain
+
+
+def test_default_model_few_rows_same_tokens(default_lm):
+    tok = default_lm.tokenizer
+    prompts = [tok.encode(p) for p in ("Write a story about a dragon.", "What is the capital of France?",
+                                       "List three fruits.", "Explain gravity to a child.")]
+    routed, plain = _runs(default_lm, prompts, steps=32, rows=4)
     assert routed == plain
