@@ -69,7 +69,8 @@ def _activation_itemsize(lm) -> int:
     # native: quantized or half weights compute (and cache) in the model's floating dtype
     from mlx.utils import tree_flatten
 
-    for _, p in tree_flatten(lm.model.parameters()):
+    for item in tree_flatten(lm.model.parameters()):
+        p = item[1]
         if mx.issubdtype(p.dtype, mx.floating) and p.dtype != mx.float32:
             return p.dtype.size
     return 4
