@@ -34,6 +34,9 @@ class Sandbox:
         recorder.write_text(RECORDER)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_INTERP_")}
         self.env.update({"HOME": str(self.home), "RECORD_FILE": str(self.record), "PYTHONPATH": str(ROOT)})
+        # Any CLI start builds the gemv shim into the model cache once (steering/backend.py); keep
+        # that cache out of the home whose files these tests count.
+        self.env["MLX_INTERP_CACHE"] = str(tmp_path / "model-cache")
         for tool in ("launchctl", "systemctl", "journalctl", "tail"):
             self.env[f"MLX_INTERP_{tool.upper()}"] = f"{sys.executable} {recorder} {tool}"
 
