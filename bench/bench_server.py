@@ -52,11 +52,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, cmd: list[str], port: int):
+    def __init__(self, cmd: list[str], port: int, env: dict | None = None):
         import httpx
 
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=None if env is None else {**os.environ, **env})
         deadline = time.time() + STARTUP_TIMEOUT_S
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -217,7 +218,8 @@ def main(argv=None) -> int:
         library = Path(os.environ.get("TMPDIR", "/tmp")) / f"mlx-interp-bench-{port}"
         cmd = [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", str(args.model_dir), "--port", str(port),
                "--dtype", dtype, "--admin-key", admin, "--probes", str(library)]
-        server = Server(cmd, port)
+        # Uploads go to the server's user library: a home of the bench's own keeps the user's clean.
+        server = Server(cmd, port, env={"MLX_INTERP_HOME": str(library / "home")})
         try:
             label = "mlx-interp serve" + (" --dtype native" if dtype == "native" else " (float32)")
             stream_once(server.url, 8, eos_ban)  # warm-up
