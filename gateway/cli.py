@@ -101,6 +101,13 @@ def build_gateway(args: argparse.Namespace, lm=None, ranks=None):
                    model_ids=model_ids, cors_origins=tuple(args.cors_origin))
 
 
+EXAMPLE_VECTOR, EXAMPLE_PROBE = "green_red", "concession"  # the shipped ones the README's example uses
+
+
+def _pick(names: list[str], preferred: str) -> str:
+    return preferred if preferred in names else names[0]
+
+
 def example_curl(url: str, gateway) -> str:
     import json
 
@@ -110,9 +117,10 @@ def example_curl(url: str, gateway) -> str:
     if vectors:
         # unsteered and steered side by side: choice 0 gets alpha 0, choice 1 the vector's (calibrated) default
         body["n"] = 2
-        body["steer"] = [{"vector": vectors[0], "alpha": [0, gateway.vectors.get(vectors[0]).default_alpha]}]
-    if probes:
-        body["probes"] = [probes[0]]
+        vector = _pick(vectors, EXAMPLE_VECTOR)
+        body["steer"] = [{"vector": vector, "alpha": [0, gateway.vectors.get(vector).default_alpha]}]
+    if probes:  # the shipped example's names when served, so a user's own files do not change the README's line
+        body["probes"] = [_pick(probes, EXAMPLE_PROBE)]
     auth = " -H 'Authorization: Bearer $MLX_INTERP_API_KEY'" if gateway.keys.api_key else ""
     return f"curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{json.dumps(body)}'"
 
