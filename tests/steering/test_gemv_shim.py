@@ -8,6 +8,7 @@ process (mlx_interp_gemv_shim_enable), so both runs use the same loaded weights.
 """
 
 import ctypes
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -21,6 +22,8 @@ from mlx_interp.steering.interventions import Intervention, Op
 def _shim():
     path = blas_choice().gemv
     if path is None:
+        if os.environ.get("MLX_INTERP_REQUIRE_GEMV"):  # set by .ci/run when a compiler and OpenBLAS are there
+            pytest.fail("MLX_INTERP_REQUIRE_GEMV is set but the gemv shim did not load")
         pytest.skip("no gemv shim in this process (not Linux + OpenBLAS, no C compiler, or MLX_INTERP_GEMV=0)")
     lib = ctypes.CDLL(path)
     lib.mlx_interp_gemv_shim_routed.restype = ctypes.c_long
