@@ -110,7 +110,9 @@ def test_a_generation_matches_the_api_and_its_snippets_reproduce_it(own_server, 
     assert body["probes"] == {"alpha_probe": {"per_token": True}}
     api = httpx.post(own_server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60).json()
     content = api["choices"][0]["message"]["content"]
-    assert column_scores(browser)[0] == pytest.approx(api["choices"][0]["probes"]["alpha_probe"]["per_token"], abs=1e-6)
+    # Scores travel rounded to 6 decimals; the second request reuses the first's prompt cache, so two
+    # values a hair apart can round one step apart: "the same" is within two rounding steps.
+    assert column_scores(browser)[0] == pytest.approx(api["choices"][0]["probes"]["alpha_probe"]["per_token"], abs=2e-6)
     assert column_texts(browser)[0] == content
     for cell in browser.find_elements(By.CSS_SELECTOR, ".answer .tok[data-score]"):  # readable text on every colour
         assert contrast(cell.value_of_css_property("color"), cell.value_of_css_property("background-color")) >= 4.5
