@@ -104,6 +104,7 @@ class CompiledDecode:
     def __init__(self, model, hook):
         self.model, self.hook = model, hook
         self._fns: dict[tuple, Any] = {}
+        self._flat: tuple[Any, tuple, list] = (None, (), [])  # (steering, key, arrays): rebuilt only when the batch's steering is
 
     def step(self, cache: list, tokens, steering, capture: bool):
         """(logits (B, V), hidden (B, L, D) or None), lazy; advances `cache` by one token per row."""
@@ -113,7 +114,9 @@ class CompiledDecode:
             _make_room(c)
         idx = mx.array(cache[0]._idx, dtype=mx.int32)
         offset, left = cache[0].offset, cache[0].left_padding
-        key, steer_arrays = _flatten_steering(steering)
+        if self._flat[0] is not steering:  # a RowSteering is rebuilt, never changed, when rows or their steering change
+            self._flat = (steering, *_flatten_steering(steering))
+        _, key, steer_arrays = self._flat
         recorder = self.hook.recorder if capture else None
         if recorder is not None and recorder.layers is not None and not recorder.layers:
             recorder = None  # a session that records no layer: no hidden states, as uncompiled
