@@ -86,15 +86,10 @@ def build_gateway(args: argparse.Namespace, lm=None, ranks=None):
     for err in vectors.load_all() + probes.load_all():
         print(f"refused {err}", file=sys.stderr)
     presets = load_presets(args.presets, model_ids) if args.presets else {}
-    if limits.max_batch <= 0:
-        from dataclasses import replace
-
-        from .batch_size import fit_max_batch
-
-        fit = fit_max_batch(lm, limits)
-        print(fit.describe())
-        limits = replace(limits, max_batch=fit.max_batch)
     engine = Engine(lm, limits, ranks=ranks)
+    if engine.batch_fit is not None:
+        print(engine.batch_fit.describe())
+    limits = engine.limits  # with max_batch fitted to the machine
     engine.start()
     keys = Keys(api_key=args.api_key or os.environ.get(ENV_API_KEY) or None, admin_key=args.admin_key or os.environ.get(ENV_ADMIN_KEY) or None)
     return Gateway(lm=lm, engine=engine, vectors=vectors, probes=probes, limits=limits, keys=keys, presets=presets,

@@ -99,8 +99,10 @@ class Part:
 class Engine:
     def __init__(self, lm, limits: Limits, ranks=None):
         self.lm = lm
-        if limits.max_batch <= 0:  # the default: as many rows as this machine holds (batch_size.py)
-            limits = replace(limits, max_batch=fit_max_batch(lm, limits).max_batch)
+        self.batch_fit = None  # how max_batch was fitted to the machine, when it was (batch_size.py)
+        if limits.max_batch <= 0:  # the default: as many rows as this machine holds
+            self.batch_fit = fit_max_batch(lm, limits)
+            limits = replace(limits, max_batch=self.batch_fit.max_batch)
         self.ranks = ranks  # gateway.ranks.RankSet when the model spans several processes (serve --ranks)
         self.limits = limits
         self.vocab_size = _vocab_size(lm)
