@@ -126,6 +126,7 @@ class DecodeBatch:
     cache: list | None = None  # batch caches, one per layer
     _steering: RowSteering | None = None
     compiled: CompiledDecode | None = None  # the compiled decode step; None decodes uncompiled
+    _compilable: bool = False  # the batch's caches can take the compiled step (checked when rows change)
 
     # -- prompts -------------------------------------------------------------
     def start_prefill(
@@ -200,6 +201,7 @@ class DecodeBatch:
             for mine, theirs in zip(self.cache, merged):
                 mine.extend(theirs)
         self.rows.append(Row(uid, tuple(interventions)))
+        self._compilable = self.compiled is not None and supports_compiled(self.cache)
         self._rebuild_steering()
 
     def remove(self, uids) -> None:
@@ -213,6 +215,7 @@ class DecodeBatch:
         else:
             for c in self.cache:
                 c.filter(keep)
+        self._compilable = self.compiled is not None and supports_compiled(self.cache)
         self._rebuild_steering()
 
     def set_interventions(self, uid, interventions: Sequence[Intervention]) -> None:
@@ -272,7 +275,7 @@ class DecodeBatch:
         saved = self.hook.recorder
         self.hook.recorder = recorder
         try:
-            if self.compiled is not None and supports_compiled(self.cache):
+            if self._compilable:
                 return self.compiled.step(self.cache, mx.array(next_tokens), self._steering, capture)
             if recorder is not None:
                 recorder.clear()
