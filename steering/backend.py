@@ -22,10 +22,13 @@ from dataclasses import dataclass
 ENV_BLAS = "MLX_INTERP_BLAS"  # "auto" (default), "reference" to keep mlx's own, or a path to a BLAS .so
 ENV_DTYPE = "MLX_INTERP_DTYPE"  # "auto", "float32", "float16", "bfloat16", "native" (keep checkpoint dtype/quantization)
 ENV_GEMV = "MLX_INTERP_GEMV"  # "auto" (default): one-row products go to sgemv (gemv_shim.c); "0" keeps sgemm for all
-ENV_GEMV_ROWS = "MLX_INTERP_GEMV_ROWS"  # products of up to N rows go to one sgemv per row (see gemv_shim.c)
-# Decode batches of 2-4 rows: one sgemv per row was 1.18x faster per step than sgemm at batch 4 (paired steps,
-# default model, bench/README.md); the LM head alone is no faster at 4 rows and slower at 8, so 4 is the limit.
-DEFAULT_GEMV_ROWS = 4
+ENV_GEMV_ROWS = "MLX_INTERP_GEMV_ROWS"  # products of up to N rows (at most 8) skip sgemm (see gemv_shim.c)
+ENV_GEMV_THREADS = "MLX_INTERP_GEMV_THREADS"  # threads the shim's kernel uses (default: every core)
+# Decode batches of up to 8 rows read each weight once in the shim's own kernel; OpenBLAS's sgemm packed
+# the weights on every call (bench/README.md has the paired-step numbers).
+DEFAULT_GEMV_ROWS = 8
+SHIM_FLAGS = ("-O3", "-march=native", "-pthread")
+SHIM_FLAGS_PORTABLE = ("-O2", "-pthread")
 
 OPENBLAS_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
@@ -104,7 +107,10 @@ def _gemv_shim():
     source = Path(__file__).with_name("gemv_shim.c")
     try:
         code = source.read_bytes()
-        target = paths.model_cache() / "lib" / f"gemv_shim-{hashlib.sha256(code).hexdigest()[:16]}.so"
+        # Built for this machine's CPU (AVX2 + FMA where it has them: the kernel's inner loop); the
+        # cache lives on this machine, and the hash covers the flags as well as the source.
+        key = hashlib.sha256(code + " ".join(SHIM_FLAGS).encode()).hexdigest()[:16]
+        target = paths.model_cache() / "lib" / f"gemv_shim-{key}.so"
         if not target.exists():
             compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
             if compiler is None:
@@ -112,8 +118,13 @@ def _gemv_shim():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
                 out = Path(tmp) / target.name
-                subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(out), str(source)],
-                               check=True, capture_output=True, timeout=60)
+                for flags in (SHIM_FLAGS, SHIM_FLAGS_PORTABLE):  # a compiler without -march=native: portable
+                    built = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-o", str(out), str(source)],
+                                           capture_output=True, timeout=60)
+                    if built.returncode == 0:
+                        break
+                else:
+                    return None
                 os.replace(out, target)  # atomic: a concurrent process sees the whole file or none
         return ctypes.CDLL(str(target), mode=os.RTLD_GLOBAL)
     except (OSError, subprocess.SubprocessError):

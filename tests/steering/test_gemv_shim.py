@@ -1,4 +1,7 @@
-"""The gemv shim (steering/gemv_shim.c): one-row products through sgemv give what sgemm gives.
+"""The gemv shim (steering/gemv_shim.c): decode-sized products give what sgemm gives.
+
+Products of up to 8 rows against a weight stored (N, K) go to the shim's own kernel
+(threaded above a size); other one-row products to sgemv.
 
 Products are checked against float64 numpy in every transpose combination; greedy
 generations (plain, steered, batch of one and of several rows) must be token for token
@@ -42,8 +45,9 @@ def _routing(on: bool, rows: int = 1):
         lib.mlx_interp_gemv_shim_rows(gemv_rows())  # the process's setting again
 
 
-@pytest.mark.parametrize("rows", [1, 4])
-@pytest.mark.parametrize("M,K,N", [(1, 576, 1536), (1, 7, 5), (5, 7, 1), (1, 1, 1), (3, 4, 5), (1, 64, 300), (300, 64, 1)])
+@pytest.mark.parametrize("rows", [1, 4, 8])
+@pytest.mark.parametrize("M,K,N", [(1, 576, 1536), (1, 7, 5), (5, 7, 1), (1, 1, 1), (3, 4, 5), (1, 64, 300), (300, 64, 1),
+                                   (8, 576, 1536), (6, 33, 3001), (4, 600, 2000), (2, 576, 579), (7, 9, 70000)])
 def test_products_match_float64(M, K, N, rows):
     import mlx.core as mx
 
@@ -67,7 +71,41 @@ def test_products_match_float64(M, K, N, rows):
         want = 2 * ref + 0.5 if name == "addmm" else ref
         assert np.abs(np.array(got) - want).max() / scale < 1e-5, name
     if M == 1 or N == 1 or (M <= rows and N > 1):
-        assert routed > 0  # the one-row (or few-row) products went to sgemv
+        assert routed > 0  # the one-row (or few-row) products went around sgemm
+
+
+def test_concurrent_products_from_two_threads():
+    """Two threads multiplying at once (two mlx streams could): the second computes alone, both right."""
+    import threading
+
+    lib = _shim()
+    fn = lib.cblas_sgemm
+    f32p = ctypes.POINTER(ctypes.c_float)
+    fn.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, f32p, ctypes.c_int, f32p, ctypes.c_int,
+                                         ctypes.c_float, f32p, ctypes.c_int]
+    rng = np.random.default_rng(7)
+    M, K, N = 4, 576, 3000
+    jobs = []
+    for _ in range(2):
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        w = rng.standard_normal((N, K)).astype(np.float32)
+        jobs.append((a, w, (a.astype(np.float64) @ w.T.astype(np.float64))))
+    errors: list[float] = []
+
+    def run(a, w, ref):
+        for _ in range(50):
+            c = np.zeros((M, N), np.float32)
+            fn(101, 111, 112, M, N, K, 1.0, a.ctypes.data_as(f32p), K, w.ctypes.data_as(f32p), K, 0.0,
+               c.ctypes.data_as(f32p), N)  # row-major x @ W.T, as mlx's Linear calls it
+            errors.append(float(np.abs(c - ref).max() / np.abs(ref).max()))
+
+    with _routing(True, 8):
+        threads = [threading.Thread(target=run, args=job) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert len(errors) == 100 and max(errors) < 1e-5
 
 
 def _direction(lm, seed=3):
@@ -101,8 +139,9 @@ def test_default_model_same_tokens(default_lm):
 
 
 def test_few_row_routing_same_tokens(tiny_lm):
-    """Up to 4 rows (the default MLX_INTERP_GEMV_ROWS): a small batch's products as one sgemv per row, token for token as sgemm."""
-    routed, plain = _runs(tiny_lm, [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45], [9, 10], [70, 71, 72]], steps=16, rows=4)
+    """Up to 8 rows (the default MLX_INTERP_GEMV_ROWS): a small batch's products in the shim's kernel, token for token as sgemm."""
+    prompts = [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45], [9, 10], [70, 71, 72], [11, 12, 13], [80], [3, 3, 3, 3], [60, 61]]
+    routed, plain = _runs(tiny_lm, prompts, steps=16, rows=8)
     assert routed == plain
 
 
@@ -110,5 +149,5 @@ def test_default_model_few_rows_same_tokens(default_lm):
     tok = default_lm.tokenizer
     prompts = [tok.encode(p) for p in ("Write a story about a dragon.", "What is the capital of France?",
                                        "List three fruits.", "Explain gravity to a child.")]
-    routed, plain = _runs(default_lm, prompts, steps=32, rows=4)
+    routed, plain = _runs(default_lm, prompts, steps=32, rows=8)
     assert routed == plain
