@@ -9,11 +9,13 @@ How, without touching mlx-lm's attention and MLP code: `q_proj` (`gate_proj`) is
 module that computes the fused product once, returns its own part and remembers the others for
 that very input array object; `k_proj` and `v_proj` (`up_proj`) become modules that, called with
 the same object (`x is remembered`), hand back their remembered part and forget it. Called with
-any other input (no mlx-lm family does that; a guard only), they compute their own product from
+any other input (none of the families tested does; a guard), they compute their own product from
 their slice of the fused weight, so the result is always right. The identity check also holds
 inside `mx.compile` tracing (steering/compiled_step.py): the same Python array object flows from
 the attention code to all three calls. Remembered parts are dropped as soon as they are taken, so
-no array outlives the forward pass (or the trace) that made it.
+no array outlives the forward pass (or the trace) that made it. A layer whose code calls q_proj
+but not k/v (gemma3n's KV-shared layers) is not fused: it would compute k and v for nothing and
+keep them until its next call.
 
 The separate weights are dropped: the fused module holds the only copy. Only modules whose type is
 exactly `nn.Linear` or `nn.QuantizedLinear` are fused (a sharded or otherwise special layer is left
@@ -50,19 +52,21 @@ def fuse_enabled() -> bool:
 
 
 class _Shared:
-    """What the parts of one fused group share: the input last seen by the owner and the parts not yet taken.
+    """What the parts of one fused group share: the owner's last input and the parts not yet taken.
 
-    A plain object (not an mx.array, dict or list), so an nn.Module keeps it out of its parameters.
+    `current` is one tuple `(x, parts)` replaced whole by each owner call, so a part reads an input
+    and its parts that belong together. A plain object (not an mx.array, dict or list): an nn.Module
+    keeps it out of its parameters.
     """
 
-    __slots__ = ("x", "parts")
+    __slots__ = ("current",)
 
     def __init__(self) -> None:
-        self.x: Any = None
-        self.parts: list[Any] = []
+        self.current: tuple[Any, list[Any]] | None = None
 
-    def clear(self) -> None:
-        self.x, self.parts = None, []
+    @property
+    def x(self):
+        return None if self.current is None else self.current[0]
 
 
 class FusedProjection(nn.Module):
@@ -82,7 +86,7 @@ class FusedProjection(nn.Module):
         y = self.fused(x)
         s = self.splits
         parts = [y[..., s[i] : s[i + 1]] for i in range(len(s) - 1)]
-        self.shared.x, self.shared.parts = x, parts[1:]
+        self.shared.current = (x, parts[1:])
         return parts[0]
 
     def part_product(self, index: int, x):
@@ -120,12 +124,12 @@ class FusedPart(nn.Module):
 
     def __call__(self, x):
         shared = self.owner.shared
-        slot = self.index - 1
-        if shared.x is x and slot < len(shared.parts) and shared.parts[slot] is not None:
-            out = shared.parts[slot]
-            shared.parts[slot] = None
-            if all(p is None for p in shared.parts):
-                shared.clear()
+        current = shared.current
+        if current is not None and current[0] is x and current[1][self.index - 1] is not None:
+            parts = current[1]
+            out, parts[self.index - 1] = parts[self.index - 1], None
+            if shared.current is current and all(p is None for p in parts):
+                shared.current = None  # every part taken: keep nothing past this forward pass
             return out
         return self.owner.part_product(self.index, x)
 
@@ -190,6 +194,8 @@ def fuse_projections(model: nn.Module) -> int:
         if isinstance(module, (FusedProjection, FusedPart)):
             continue
         for names in GROUPS:
+            if names[0] == "q_proj" and getattr(module, "is_kv_shared_layer", False):
+                continue  # gemma3n: a layer reading another layer's KV calls q_proj alone; k/v would be waste
             if all(isinstance(module.get(name), nn.Module) for name in names):
                 groups += _fuse_group(module, names)
     return groups

@@ -126,7 +126,7 @@ def test_parts_are_taken_not_recomputed(pairs, monkeypatch, compiled):
     monkeypatch.setattr(FusedProjection, "part_product", fail)
     _decode(fused, compiled=compiled)
     for owner in _groups(fused.model):
-        assert owner.shared.x is None and owner.shared.parts == []
+        assert owner.shared.current is None
 
 
 def _stats(model):
@@ -218,6 +218,11 @@ def test_parts_called_with_other_inputs_stay_right(dtype, bias, kind):
     check(fused.v_proj(x), ref.v_proj(x))
     # Before q has ever run on it.
     check(fused.v_proj(x2), ref.v_proj(x2))
+    # q of another array in between: k and v of the first are not handed the second's parts.
+    check(fused.q_proj(x), ref.q_proj(x))
+    check(fused.q_proj(x2), ref.q_proj(x2))
+    check(fused.k_proj(x), ref.k_proj(x))
+    check(fused.v_proj(x2), ref.v_proj(x2))
 
 
 def test_mismatched_projections_are_left_alone():
@@ -242,3 +247,7 @@ def test_mismatched_projections_are_left_alone():
     special = _parent("linear")
     special.q_proj = Special(48, 64)
     assert fuse_projections(special) == 0 and type(special.q_proj) is Special
+
+    shared_kv = _parent("linear")  # gemma3n's KV-shared layers call q_proj alone
+    shared_kv.is_kv_shared_layer = True
+    assert fuse_projections(shared_kv) == 0 and type(shared_kv.q_proj) is nn.Linear
