@@ -97,6 +97,8 @@ def load_model(spec: str = "default", dtype: str | None = None, progress: bool =
     import mlx.core as mx
     from mlx_lm.utils import dequantize_model, load
 
+    from .fused_projections import fuse_enabled, fuse_projections
+
     model_id, path = resolve_model_path(spec, progress=progress)
     model, tokenizer = load(str(path), lazy=True)
     num_layers_whole = len(decoder_layers(model))
@@ -109,6 +111,8 @@ def load_model(spec: str = "default", dtype: str | None = None, progress: bool =
             model = dequantize_model(model)
         model.set_dtype(target, predicate=lambda d: mx.issubdtype(d, mx.floating))
     plan = shard(model) if shard is not None else None  # after dequantizing: mlx-lm shards plain Linear layers too
+    if plan is None and fuse_enabled():
+        fuse_projections(model)  # q/k/v and gate/up as one product each (steering/fused_projections.py); not on ranks
     mx.eval(model.parameters())
     hidden = _hidden_size(model, config)
     return LoadedModel(

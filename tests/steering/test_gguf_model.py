@@ -103,11 +103,13 @@ def test_quantized_gguf_matches_the_reference_dequantization(qtype, converted, l
 def test_native_load_keeps_quantized_layers(qtype, converted):
     import mlx.nn as nn
 
+    from mlx_interp.steering.fused_projections import fused_source
+
     native = load_model(str(converted[qtype]), dtype="native", progress=False)
     dense = load_model(str(converted[qtype]), dtype="float32", progress=False)
-    attn = native.model.model.layers[0].self_attn
-    assert isinstance(attn.q_proj, nn.QuantizedLinear)
-    assert attn.q_proj.bits == (8 if qtype == "Q8_0" else 4) and attn.q_proj.group_size == 32
+    q_proj = fused_source(native.model.model.layers[0].self_attn.q_proj)  # q/k/v fused at load, still quantized
+    assert isinstance(q_proj, nn.QuantizedLinear)
+    assert q_proj.bits == (8 if qtype == "Q8_0" else 4) and q_proj.group_size == 32
     assert not any(isinstance(m, nn.QuantizedLinear) for _, m in dense.model.named_modules())
     a, b = _logits(native), _logits(dense)
     np.testing.assert_allclose(a, b, rtol=0, atol=2e-2 * _scale(b))

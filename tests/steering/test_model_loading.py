@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mlx_interp.steering.backend import OPENBLAS_CANDIDATES, blas_choice, resolve_dtype
+from mlx_interp.steering.fused_projections import fused_source
 from mlx_interp.steering.model import load_model, resolve_model_path
 
 TOKENS = [[3, 17, 99, 42, 7, 250, 64, 5]]
@@ -53,7 +54,8 @@ def test_native_keeps_the_quantized_layers(quantized_dir):
     lm = load_model(str(quantized_dir), dtype="native", progress=False)
     assert lm.dtype == "native"
     assert len(_quantized_modules(lm.model)) > 0
-    assert isinstance(lm.model.model.layers[0].mlp.up_proj, nn.QuantizedLinear)
+    # gate/up are fused at load (steering/fused_projections.py); the fused product is still quantized
+    assert isinstance(fused_source(lm.model.model.layers[0].mlp.up_proj), nn.QuantizedLinear)
 
 
 def test_float32_and_native_compute_the_same_model(quantized_dir):
