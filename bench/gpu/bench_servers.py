@@ -304,6 +304,11 @@ def main() -> int:
             cmd = [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", args.model, "--port", str(p), "--dtype", "native",
                    "--vectors", str(vdir), "--probes", str(pdir), "--log-level", "warning"] + args.interp_args.split()
             servers["interp_nc"] = Server("mlx-interp-uncompiled", cmd, p, logs, "default", dict(env, MLX_INTERP_COMPILE="0"))
+        if "interp_nf" in wanted:  # the same server with q/k/v and gate/up left as separate products
+            p = free_port()
+            cmd = [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", args.model, "--port", str(p), "--dtype", "native",
+                   "--vectors", str(vdir), "--probes", str(pdir), "--log-level", "warning"] + args.interp_args.split()
+            servers["interp_nf"] = Server("mlx-interp-unfused", cmd, p, logs, "default", dict(env, MLX_INTERP_FUSE="0"))
         for k, s in servers.items():
             meta[f"{k}_cmd"] = " ".join(s.cmd)
             meta[f"{k}_ready_s"] = round(s.wait_ready(), 1)
@@ -366,7 +371,7 @@ def main() -> int:
             short = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items() if k not in ("log_tail",)}
             print(json.dumps(short), flush=True)
 
-        keys = [k for k in ("lm", "interp", "interp_nc") if k in servers]
+        keys = [k for k in ("lm", "interp", "interp_nc", "interp_nf") if k in servers]
         variants = args.variants.split(",")
         for phase in phases:
             for rep in range(args.reps):
