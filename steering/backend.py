@@ -108,8 +108,9 @@ def _gemv_shim():
     try:
         code = source.read_bytes()
         # Built for this machine's CPU (AVX2 + FMA where it has them: the kernel's inner loop); the
-        # cache lives on this machine, and the hash covers the flags as well as the source.
-        key = hashlib.sha256(code + " ".join(SHIM_FLAGS).encode()).hexdigest()[:16]
+        # hash covers the source, the flags and the CPU's features, so a home shared with another kind
+        # of machine never hands this one a build with instructions its CPU lacks.
+        key = hashlib.sha256(code + " ".join(SHIM_FLAGS).encode() + _cpu_flags()).hexdigest()[:16]
         target = paths.model_cache() / "lib" / f"gemv_shim-{key}.so"
         if not target.exists():
             compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -126,9 +127,24 @@ def _gemv_shim():
                 else:
                     return None
                 os.replace(out, target)  # atomic: a concurrent process sees the whole file or none
+            for old in target.parent.glob("gemv_shim-*.so"):  # other builds would pile up (loaded ones stay mapped)
+                if old != target:
+                    old.unlink(missing_ok=True)
         return ctypes.CDLL(str(target), mode=os.RTLD_GLOBAL)
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _cpu_flags() -> bytes:
+    """The CPU's feature flags as Linux lists them (empty where it does not)."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            for line in f:
+                if line.startswith((b"flags", b"Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.machine().encode()
 
 
 def blas_choice() -> BlasChoice:
