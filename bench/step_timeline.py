@@ -387,12 +387,13 @@ def main(argv=None) -> int:
 
         if args.pairs:
             results["paired"] = {}
-            if "steered+probed" in wanted and "plain" in wanted:
-                r = paired(cases["plain"], cases["steered+probed"], args.pairs)
-                results["paired"]["steered+probed/plain"] = r
-                lo, hi = median_ci(r)
-                print(f"\npaired steps, steered+probed / plain: median {statistics.median(r):.4f} "
-                      f"(95% CI of the median {lo:.4f}..{hi:.4f}; IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}; {len(r)} pairs)")
+            for other in ("steered+probed", "steered", "probed"):  # each against plain, whichever --cases names
+                if other in wanted and "plain" in wanted:
+                    r = paired(cases["plain"], cases[other], args.pairs)
+                    results["paired"][f"{other}/plain"] = r
+                    lo, hi = median_ci(r)
+                    print(f"\npaired steps, {other} / plain: median {statistics.median(r):.4f} "
+                          f"(95% CI of the median {lo:.4f}..{hi:.4f}; IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}; {len(r)} pairs)")
             from mlx_interp.steering.backend import default_device_kind
 
             shim = gemv_shim() if default_device_kind() == "cpu" else None  # a GPU's matmuls never reach cblas
