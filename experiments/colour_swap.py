@@ -58,7 +58,8 @@ class ColourConfig:
     # total shift across the layers, in class-mean differences. The committed run (docs/results/) is this default;
     # on a 2-core CPU 10 random directions on every question leave room for one add alpha.
     add_alphas: tuple[float, ...] = (SEED_ALPHA,)
-    reflect_alphas: tuple[float, ...] = (1.0,)  # 1 = mirror the colour once about the midpoint
+    # 1 = mirror the colour once about the midpoint; 3 = the both-ways setting on the default model (bench/green_red_sweep)
+    reflect_alphas: tuple[float, ...] = (1.0, 3.0)
     headline_alpha: float = SEED_ALPHA  # where the random and sign-flipped baselines run
     flipped: bool = True  # run the sign-flipped baseline
     n_random: int = 10

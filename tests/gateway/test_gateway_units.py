@@ -119,7 +119,7 @@ def test_echo_reports_the_per_layer_alpha_and_warns_beyond_the_coherent_range(ti
     "steer, limit, value",
     [
         ({"cm": 51}, "50", "51"),
-        ([{"vector": "cm", "op": "reflect", "alpha": 2.5}], "2", "2.5"),
+        ([{"vector": "cm", "op": "reflect", "alpha": 4.5}], "4", "4.5"),
         ([{"vector": "cm", "op": "ablate", "alpha": -1.6}], "1.5", "-1.6"),
         ([{"vector": "cm", "op": "clamp", "value": 20000}], "10000", "20000"),
     ],
