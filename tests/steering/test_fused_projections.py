@@ -146,7 +146,11 @@ def test_no_duplicated_weights(tiny_model_dirs, monkeypatch, quantize):
     mx.eval(lm.model.parameters())
     gc.collect()
     assert _stats(lm.model) == before_stats
-    assert mx.get_active_memory() <= before_mem  # the separate weights were freed
+    fused_bytes = sum(v.nbytes for owner in _groups(lm.model) for _, v in tree_flatten(owner.fused.parameters()))
+    # The separate weights were freed: kept alongside the fused copy, memory would grow by fused_bytes.
+    # (Not "<= before": the process's active memory also holds whatever else is alive, a few KB that
+    # move between the two readings when the whole suite runs in one process.)
+    assert mx.get_active_memory() - before_mem < fused_bytes / 4
 
 
 def test_switch_off_leaves_modules_untouched(tiny_model_dirs, monkeypatch):
