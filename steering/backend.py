@@ -29,6 +29,7 @@ ENV_GEMV_THREADS = "MLX_INTERP_GEMV_THREADS"  # threads the shim's kernel uses (
 DEFAULT_GEMV_ROWS = 8
 SHIM_FLAGS = ("-O3", "-march=native", "-pthread")
 SHIM_FLAGS_PORTABLE = ("-O2", "-pthread")
+SHIM_KEEP_S = 86400  # builds of other sources or CPUs older than this are removed when a new one is made
 
 OPENBLAS_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
@@ -100,6 +101,7 @@ def _gemv_shim():
     import shutil
     import subprocess
     import tempfile
+    import time
     from pathlib import Path
 
     from mlx_interp import paths
@@ -127,9 +129,14 @@ def _gemv_shim():
                 else:
                     return None
                 os.replace(out, target)  # atomic: a concurrent process sees the whole file or none
-            for old in target.parent.glob("gemv_shim-*.so"):  # other builds would pile up (loaded ones stay mapped)
-                if old != target:
-                    old.unlink(missing_ok=True)
+            # Other builds would pile up; one a day old is no other process's fresh build (two checkouts
+            # or kinds of CPU sharing a home would otherwise delete each other's before they load them).
+            for old in target.parent.glob("gemv_shim-*.so"):
+                try:
+                    if old != target and time.time() - old.stat().st_mtime > SHIM_KEEP_S:
+                        old.unlink()
+                except OSError:
+                    pass  # another process removed it first
         return ctypes.CDLL(str(target), mode=os.RTLD_GLOBAL)
     except (OSError, subprocess.SubprocessError):
         return None

@@ -275,6 +275,12 @@ static void multiply(const product *p) {
         _mm_pause();
 #endif
     }
+    /* Seal the generation before the next product rewrites the job: the last claim left the word at
+     * (g, chunks), and a worker still holding that value could otherwise win its compare-and-swap
+     * against a larger next `chunks` and compute a chunk of a half-written job (found in review:
+     * 1 wrong product in ~55k back to back, beta applied twice). 0x7fffffff stays above any chunk
+     * count as an int. */
+    __atomic_store_n(&pool.claim, (g << 32) | 0x7fffffffUL, __ATOMIC_RELEASE);
     __atomic_clear(&pool.busy, __ATOMIC_RELEASE);
 }
 
