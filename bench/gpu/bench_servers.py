@@ -294,21 +294,18 @@ def main() -> int:
             p = free_port()
             servers["lm"] = Server("mlx_lm.server", [sys.executable, "-m", "mlx_lm", "server", "--model", args.model,
                                                       "--port", str(p), "--log-level", "WARNING"], p, logs, args.model, env)
-        if "interp" in wanted:
-            p = free_port()
-            cmd = [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", args.model, "--port", str(p), "--dtype", "native",
-                   "--vectors", str(vdir), "--probes", str(pdir), "--log-level", "warning"] + args.interp_args.split()
-            servers["interp"] = Server("mlx-interp", cmd, p, logs, "default", env)
-        if "interp_nc" in wanted:  # the same server with the decode step uncompiled: the change side by side
-            p = free_port()
-            cmd = [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", args.model, "--port", str(p), "--dtype", "native",
-                   "--vectors", str(vdir), "--probes", str(pdir), "--log-level", "warning"] + args.interp_args.split()
-            servers["interp_nc"] = Server("mlx-interp-uncompiled", cmd, p, logs, "default", dict(env, MLX_INTERP_COMPILE="0"))
-        if "interp_nf" in wanted:  # the same server with q/k/v and gate/up left as separate products
-            p = free_port()
-            cmd = [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", args.model, "--port", str(p), "--dtype", "native",
-                   "--vectors", str(vdir), "--probes", str(pdir), "--log-level", "warning"] + args.interp_args.split()
-            servers["interp_nf"] = Server("mlx-interp-unfused", cmd, p, logs, "default", dict(env, MLX_INTERP_FUSE="0"))
+        # Our server, and the same server with one change switched off, side by side.
+        interp_variants = {
+            "interp": ("mlx-interp", {}),
+            "interp_nc": ("mlx-interp-uncompiled", {"MLX_INTERP_COMPILE": "0"}),  # the decode step uncompiled
+            "interp_nf": ("mlx-interp-unfused", {"MLX_INTERP_FUSE": "0"}),  # q/k/v and gate/up as separate products
+        }
+        for key, (name, switches) in interp_variants.items():
+            if key in wanted:
+                p = free_port()
+                cmd = [sys.executable, "-m", "mlx_interp.cli", "serve", "--model", args.model, "--port", str(p), "--dtype", "native",
+                       "--vectors", str(vdir), "--probes", str(pdir), "--log-level", "warning"] + args.interp_args.split()
+                servers[key] = Server(name, cmd, p, logs, "default", dict(env, **switches))
         for k, s in servers.items():
             meta[f"{k}_cmd"] = " ".join(s.cmd)
             meta[f"{k}_ready_s"] = round(s.wait_ready(), 1)
