@@ -21,9 +21,9 @@ from dataclasses import dataclass
 # Environment switches, documented in the README.
 ENV_BLAS = "MLX_INTERP_BLAS"  # "auto" (default), "reference" to keep mlx's own, or a path to a BLAS .so
 ENV_DTYPE = "MLX_INTERP_DTYPE"  # "auto", "float32", "float16", "bfloat16", "native" (keep checkpoint dtype/quantization)
-ENV_GEMV = "MLX_INTERP_GEMV"  # "auto" (default): one-row products go to sgemv (gemv_shim.c); "0" keeps sgemm for all
+ENV_GEMV = "MLX_INTERP_GEMV"  # "auto" (default): decode-sized products go through the shim (gemv_shim.c); "0" keeps sgemm for all
 ENV_GEMV_ROWS = "MLX_INTERP_GEMV_ROWS"  # products of up to N rows (at most 8) skip sgemm (see gemv_shim.c)
-ENV_GEMV_THREADS = "MLX_INTERP_GEMV_THREADS"  # threads the shim's kernel uses (default: every core)
+ENV_GEMV_THREADS = "MLX_INTERP_GEMV_THREADS"  # threads the shim's kernel uses (default: every core); read by gemv_shim.c
 # Decode batches of up to 8 rows read each weight once in the shim's own kernel; OpenBLAS's sgemm packed
 # the weights on every call (bench/README.md has the paired-step numbers).
 DEFAULT_GEMV_ROWS = 8
@@ -143,7 +143,7 @@ def _gemv_shim():
 
 
 def _cpu_flags() -> bytes:
-    """The CPU's feature flags as Linux lists them (empty where it does not)."""
+    """The CPU's feature flags as Linux lists them (the machine's name where there is no /proc/cpuinfo)."""
     try:
         with open("/proc/cpuinfo", "rb") as f:
             for line in f:
