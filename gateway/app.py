@@ -273,8 +273,9 @@ async def health(request):
     gw: Gateway = request.app.state.gateway
     if not gw.engine.alive:
         raise Unavailable("the model thread has stopped")
+    rows, prefilling = gw.engine.slots()
     body = {"status": "ok", "model": gw.lm.model_id, "queue_depth": gw.engine.queue_depth,
-            "batch_size": gw.engine.batch_size, "prefilling": gw.engine.prefilling}
+            "batch_size": rows, "prefilling": prefilling}
     if gw.engine.ranks is not None:  # serve --ranks: who runs which part of the model
         body["ranks"] = gw.engine.ranks.health()
     return JSONResponse(body)

@@ -165,6 +165,17 @@ class Engine:
         """Prompts being read now (each holds a batch slot)."""
         return len(self._prefilling)
 
+    def slots(self) -> tuple[int, int]:
+        """(rows decoding, prompts being read), as another thread (/health) sees them now.
+
+        Both live, read in this order: a finished prompt leaves the prefill line before its row joins
+        the batch, so the sum can miss a slot at that moment but never counts one twice. (The
+        `batch_size` attribute is set after rows leave, when prompts may already hold their slots:
+        added to `prefilling` it read 17 of 16 slots in a test.)
+        """
+        rows = len(self._batch)
+        return rows, len(self._prefilling)
+
     def submit(self, job: Job) -> None:
         with self._lock:
             if self._dead or not self.alive:
