@@ -123,7 +123,6 @@ class Engine:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="mlx-interp-model", daemon=True)
-        self.batch_size = 0  # rows decoding now (read by /metrics)
         self.steps = 0
         self.prefill_chunks = 0
 
@@ -165,15 +164,20 @@ class Engine:
         """Prompts being read now (each holds a batch slot)."""
         return len(self._prefilling)
 
+    @property
+    def batch_size(self) -> int:
+        """Rows decoding now, read live (/metrics); 0 before the model thread has its batch."""
+        batch = getattr(self, "_batch", None)
+        return len(batch) if batch is not None else 0
+
     def slots(self) -> tuple[int, int]:
         """(rows decoding, prompts being read), as another thread (/health) sees them now.
 
         Both live, read in this order: a finished prompt leaves the prefill line before its row joins
-        the batch, so the sum can miss a slot at that moment but never counts one twice. (The
-        `batch_size` attribute is set after rows leave, when prompts may already hold their slots:
-        added to `prefilling` it read 17 of 16 slots in a test.)
+        the batch, so the sum can miss a slot at that moment but never counts one twice. (A cached
+        row count, set after rows left while prompts already held their slots, once read 17 of 16.)
         """
-        rows = len(self._batch)
+        rows = self.batch_size
         return rows, len(self._prefilling)
 
     def submit(self, job: Job) -> None:
@@ -276,7 +280,6 @@ class Engine:
                     row.done = True
                 batch.remove(batch.uids)
                 cur = None
-            self.batch_size = len(batch)
 
     def _pull(self, block: bool) -> bool:
         """Move arrived jobs to the waiting line; False when the server is stopping."""
@@ -409,7 +412,6 @@ class Engine:
         self._prefill_round(parts)
         self._admitting = [a for a in self._admitting if not a.finished]
         self._drop_cancelled_admissions()  # prefills and admissions leave together, never one without the other
-        self.batch_size = len(self._batch)
         return parts or None
 
     def _claimant(self, held: dict) -> Admission | None:

@@ -21,6 +21,7 @@
  * here; steering/backend.py hands it OpenBLAS's sgemm and sgemv.
  */
 #include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -237,6 +238,12 @@ static void start_pool(void) {
     pool.born = (long)generation_of(pool.claim);
     int want = pool_threads();
     pthread_atfork(NULL, NULL, forget_pool);
+    /* The workers are the library's, not the program's: they start with every signal blocked (a new
+     * thread inherits the creator's mask), so a SIGINT or SIGTERM meant for the server is always
+     * taken by one of its own threads, where Python's handler and event loop expect it. */
+    sigset_t all, before;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &before);
     for (int t = 1; t < want; t++) {
         pthread_t id;
         pthread_attr_t attr;
@@ -245,6 +252,7 @@ static void start_pool(void) {
         if (pthread_create(&id, &attr, worker, NULL) == 0) pool.threads++;
         pthread_attr_destroy(&attr);
     }
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
 }
 
 /* mlx's CPU stream runs its ops in order on one thread; a product from a second stream that arrives

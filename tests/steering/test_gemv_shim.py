@@ -151,3 +151,46 @@ def test_default_model_few_rows_same_tokens(default_lm):
                                        "List three fruits.", "Explain gravity to a child.")]
     routed, plain = _runs(default_lm, prompts, steps=32, rows=8)
     assert routed == plain
+
+
+_POOL_THREADS_SIGNALS = r"""
+import ctypes, os, sys
+import numpy as np
+from mlx_interp.steering.backend import prefer_fast_blas
+lib = ctypes.CDLL(prefer_fast_blas().gemv)  # the shim, in front of OpenBLAS as the server loads it
+f32p = ctypes.POINTER(ctypes.c_float)
+lib.cblas_sgemm.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, f32p, ctypes.c_int, f32p, ctypes.c_int,
+                                                 ctypes.c_float, f32p, ctypes.c_int]
+
+def product(M, N, K):
+    a, w, c = (np.ones(s, np.float32) for s in ((M, K), (N, K), (M, N)))
+    lib.cblas_sgemm(101, 111, 112, M, N, K, 1.0, a.ctypes.data_as(f32p), K, w.ctypes.data_as(f32p), K, 0.0,
+                    c.ctypes.data_as(f32p), N)
+    assert c[0, 0] == K
+
+product(2, 8, 8)  # too small for the pool: loads everything lazily without starting it
+before = set(os.listdir("/proc/self/task"))
+product(4, 70000, 64)  # big enough: the pool starts
+for tid in sorted(set(os.listdir("/proc/self/task")) - before):
+    status = open(f"/proc/self/task/{tid}/status").read()
+    print(int(status.split("SigBlk:")[1].split()[0], 16))
+"""
+
+
+def test_pool_threads_block_the_servers_signals(tmp_path):
+    """SIGINT/SIGTERM must reach the server's own threads: the pool's workers start with them blocked."""
+    import signal
+    import subprocess
+    import sys
+
+    _shim()  # skips where this process has no shim
+    script = tmp_path / "pool_signals.py"
+    script.write_text(_POOL_THREADS_SIGNALS)
+    env = dict(os.environ, MLX_INTERP_GEMV_THREADS="3")
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    masks = [int(line) for line in out.stdout.split()]
+    assert len(masks) == 2  # three threads share a product: the caller and two workers
+    for mask in masks:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            assert mask & (1 << (sig - 1)), f"a pool worker can take signal {sig.name} (SigBlk {mask:#x})"
