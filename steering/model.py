@@ -98,6 +98,7 @@ def load_model(spec: str = "default", dtype: str | None = None, progress: bool =
     from mlx_lm.utils import dequantize_model, load
 
     from .fused_projections import fuse_enabled, fuse_projections
+    from .quantized_rows import flat_enabled, flatten_quantized_rows
 
     model_id, path = resolve_model_path(spec, progress=progress)
     model, tokenizer = load(str(path), lazy=True)
@@ -113,6 +114,8 @@ def load_model(spec: str = "default", dtype: str | None = None, progress: bool =
     plan = shard(model) if shard is not None else None  # after dequantizing: mlx-lm shards plain Linear layers too
     if plan is None and fuse_enabled():
         fuse_projections(model)  # q/k/v and gate/up as one product each (steering/fused_projections.py); not on ranks
+    if flat_enabled():
+        flatten_quantized_rows(model)  # a batch's rows as one quantized matmul on CUDA (steering/quantized_rows.py)
     mx.eval(model.parameters())
     hidden = _hidden_size(model, config)
     return LoadedModel(
