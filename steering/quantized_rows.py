@@ -4,9 +4,10 @@ Why: a decode step hands every Linear an input of shape (rows, 1, hidden). mlx's
 matmul reads that as `rows` separate one-row products, each reading the whole weight again: on an
 H200, a 7B-shape 4-bit model's decode forward took ~90 ms at 32 rows against ~5 ms at one
 (bench/gpu/qmm_layout.py; mlx-lm's own batch loop does the same). Given (rows, hidden), the same
-product is one M=rows matmul that reads each weight once. Below 8 rows mlx still sends an M-row
-product to its one-row kernel once per row (2 rows cost 1.7x one row, 4 rows 3.2x, 8 rows 0.9x), so
-2-7 rows are padded with zero rows to 8 and the extra rows dropped from the result.
+product is one M=rows matmul that reads each weight once: the forward at 8 rows went from 32.6 to
+19.6 ms, at 32 rows from 94 to 26 ms. Below 8 rows mlx runs its one-row kernel once per row either
+way. (Padding 2-7 rows to 8 won in a matmul-only benchmark, but lost in the whole forward: 19.5
+against 13.9 ms at 2 rows, so it is not done.)
 
 How: every `nn.QuantizedLinear` (fused ones included) and `nn.QuantizedEmbedding` (a tied output
 head's `as_linear`) gets a subclass whose product flattens the leading dimensions first. The
@@ -26,7 +27,6 @@ import mlx.core as mx
 import mlx.nn as nn
 
 FLAT_ENV = "MLX_INTERP_FLAT_QMM"  # "auto" (default: on for a non-Metal GPU), "1" always, "0" never
-PAD_ROWS = 8  # mlx's CUDA matmul kernel takes products of 8 rows and more; fewer go row by row
 
 
 def flat_enabled() -> bool:
@@ -41,16 +41,11 @@ def flat_enabled() -> bool:
 
 def rows_product(x, weight, scales, biases, group_size: int, bits: int, mode: str):
     """x @ weight.T for a quantized weight, with x's leading dimensions as the rows of one product."""
-    lead, k = x.shape[:-1], x.shape[-1]
-    flat = x.reshape(-1, k)
-    rows = flat.shape[0]
-    if 1 < rows < PAD_ROWS:
-        flat = mx.concatenate([flat, mx.zeros((PAD_ROWS - rows, k), flat.dtype)])
+    lead = x.shape[:-1]
     y = mx.quantized_matmul(
-        flat, weight, scales=scales, biases=biases, transpose=True, group_size=group_size, bits=bits, mode=mode
+        x.reshape(-1, x.shape[-1]), weight, scales=scales, biases=biases, transpose=True,
+        group_size=group_size, bits=bits, mode=mode,
     )
-    if flat.shape[0] != rows:
-        y = y[:rows]
     return y.reshape(*lead, y.shape[-1])
 
 

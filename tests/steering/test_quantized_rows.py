@@ -2,8 +2,7 @@
 
 The swap is on by default only for mlx's CUDA backend, where it was measured
 (bench/gpu/qmm_layout.py); here it is forced on CPU with MLX_INTERP_FLAT_QMM=1 to check that it
-is the same product: every row's result equals mlx's own quantized matmul of that row, with rows
-padded to 8 or not, and greedy decoding of quantized tiny models (steered, compiled or not) gives
+is the same product: every row's result equals mlx's own quantized matmul of that row, and greedy decoding of quantized tiny models (steered, compiled or not) gives
 the same tokens and logits with and without it.
 """
 
@@ -16,7 +15,6 @@ from mlx.utils import tree_flatten
 from mlx_interp.steering.model import load_model
 from mlx_interp.steering.quantized_rows import (
     FLAT_ENV,
-    PAD_ROWS,
     RowsQuantizedEmbedding,
     RowsQuantizedLinear,
     flat_enabled,
@@ -45,13 +43,6 @@ def test_each_row_is_mlxs_own_product(dtype, shape):
         tol = 1e-5 if dtype == mx.float32 else 2e-2
         np.testing.assert_allclose(np.array(got[index].astype(mx.float32)), np.array(one[0].astype(mx.float32)),
                                    rtol=tol, atol=tol * 10)
-
-
-def test_padding_is_dropped():
-    wq, scales, biases = _weights()
-    x = mx.ones((3, 1, 64))
-    y = rows_product(x, wq, scales, biases, 32, 4, "affine")
-    assert y.shape == (3, 1, 96) and PAD_ROWS > 3
 
 
 def test_switch(monkeypatch):
