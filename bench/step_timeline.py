@@ -320,6 +320,20 @@ def paired(a, b, steps: int, switch=None) -> list[float]:
     return ratios
 
 
+def paired_pipelined(a, b, blocks: int, block_steps: int) -> list[float]:
+    """Alternate blocks of `block_steps` pipelined steps of a and b (b first in odd blocks); per-pair
+    ratio of b's time per step to a's. The server decodes this way: a step's tokens, probe scores
+    and SSE are handled on the host while the next step runs, so host work that fits under the
+    device's time costs nothing. `paired` (synchronous) counts it all: an upper bound."""
+    ratios = []
+    for i in range(blocks):
+        rate = {}
+        for which in ((a, b) if i % 2 == 0 else (b, a)):
+            rate[which is b] = pipelined(which, block_steps)
+        ratios.append(rate[False] / rate[True])
+    return ratios
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}..{max(values):.2f})"
 
@@ -333,6 +347,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=int, default=64, help="step pairs per paired comparison (0: skip)")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--pairs-only", action="store_true", help="skip the timeline and rates: paired ratios only")
+    ap.add_argument("--pipelined-pairs", type=int, default=0,
+                    help="pairs of pipelined blocks (the server's loop), steered+probed against plain (0: skip)")
+    ap.add_argument("--block-steps", type=int, default=16, help="steps per pipelined block")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -394,6 +411,16 @@ def main(argv=None) -> int:
                     lo, hi = median_ci(r)
                     print(f"\npaired steps, {other} / plain: median {statistics.median(r):.4f} "
                           f"(95% CI of the median {lo:.4f}..{hi:.4f}; IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}; {len(r)} pairs)")
+        if args.pipelined_pairs:
+            results.setdefault("paired", {})
+            for other in ("steered+probed", "steered", "probed"):
+                if other in wanted and "plain" in wanted:
+                    r = paired_pipelined(cases["plain"], cases[other], args.pipelined_pairs, args.block_steps)
+                    results["paired"][f"pipelined {other}/plain"] = r
+                    lo, hi = median_ci(r)
+                    print(f"\npipelined blocks of {args.block_steps} steps, {other} / plain: median {statistics.median(r):.4f} "
+                          f"(95% CI of the median {lo:.4f}..{hi:.4f}; IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}; {len(r)} pairs)")
+        if args.pairs:
             from mlx_interp.steering.backend import default_device_kind
 
             shim = gemv_shim() if default_device_kind() == "cpu" else None  # a GPU's matmuls never reach cblas
