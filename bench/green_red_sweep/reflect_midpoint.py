@@ -110,7 +110,8 @@ def gap_stats(p_red, p_green, norm, midpoint):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", default="decode", choices=("analyse", "decode"))
+    ap.add_argument("--part", default="decode", choices=("analyse", "decode", "extra"),
+                    help="extra: only the follow-up settings, into reflect_midpoint_extra.json")
     ap.add_argument("--slot", default="quote", choices=("quote", "is"),
                     help="answer position: the ' \"' the model always answers first (default), or the prompt's last token")
     ap.add_argument("--only", default=None, help="comma list of setting tags to run (prefix match)")
@@ -214,6 +215,8 @@ def main():
     results = {"analysis": analysis, "settings": [], "config": {"max_tokens": cfg.max_tokens, "n_green": 30, "n_red": 30,
                                                                 "n_controls": len(controls)}}
     out = OUT if args.slot == "quote" else OUT_IS
+    if args.part == "extra":
+        out = HERE / "reflect_midpoint_extra.json"
     save = lambda: out.write_text(json.dumps(results, indent=1, default=float))  # noqa: E731
     save()
     if args.part == "analyse":
@@ -272,6 +275,23 @@ def main():
         return ivs
 
     D = vec.directions
+    if args.part == "extra":
+        # (a) reflect alpha 2 and 3 about the chat midpoints: does a midpoint measured in chat balance the strong setting?
+        for mname in ("extraction", "chat-answer", "chat-steered"):
+            for a in (2.0, 3.0):
+                run(f"ship {mname} 12-17 a{a:g}", reflect(D, mids[mname], RANGES["12-17"], alpha=a, key=f"s-{mname}"))
+        # (b) the chat directions pushed as hard as the shipped one: rows rescaled to the shipped vector's per-layer
+        # norms, so alpha is in shipped class-mean differences (the shipped vector flips red->green at -0.75)
+        for tag, cv in chat_vecs.items():
+            Dn = (cv["unit"] * n_ship[:, None]).astype(np.float32)
+            for a in (0.75, 1.5):
+                for sign, truth in ((1, "green"), (-1, "red")):
+                    iv = Intervention(name="chat", directions=Dn, op="add", alpha=sign * a, layers=tuple(RANGES["12-17"]),
+                                      key=f"n-{tag}")
+                    run(f"chat-{tag} norm-matched add{sign * a:+g} 12-17 {truth}", lambda t, iv=iv: iv, which=(truth, "control"))
+        results["elapsed_s"] = round(time.time() - t0, 1)
+        save()
+        return
     # 1. shipped direction, midpoints measured on chat data
     run("ship extraction-mid 12-17 a1", reflect(D, mids["extraction"], RANGES["12-17"], key="s-e"), note="sanity: sweep had 0.30/0.03")
     for mname in ("chat-answer", "chat-steered", "chat-tail"):
