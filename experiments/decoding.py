@@ -9,10 +9,12 @@ Each row keeps its own interventions (RowSteering), and the first-token
 log-probabilities come back too, for the KL between steered and unsteered.
 
 The chat template's fixed opening (system prompt, role markers), common to
-every row, is computed once, unsteered, and shared: steering starts at the
-first token that differs between prompts (the question). On a 2-core CPU this
-halves the cost of a sweep; on the answer it changes little, because the
-steered question and answer positions are where the colour is decided.
+every row, is computed once per distinct steering and shared by the rows that
+steer alike: every row computes what the server computes for it (a request's
+steering covers its whole prompt, system turn included). A study has far fewer
+steerings than rows, so this still halves the cost of a sweep on a 2-core CPU.
+(Until 2026-11-30 the opening was computed once, unsteered, for every row; that
+changed reflect's answers a lot: bench/green_red_sweep/README.md, prefix_check.)
 """
 
 from __future__ import annotations
@@ -62,18 +64,24 @@ def greedy_decode(
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
     prefix_len = _common_prefix_length(prompts) if share_prefix else 0
-    prefix_cache = None
-    if prefix_len:
-        prefix_cache = make_prompt_cache(lm.model)
-        if all(type(c).__name__ == "KVCache" for c in prefix_cache):
-            lm.model(mx.array([list(prompts[0][:prefix_len])]), cache=prefix_cache)
-            mx.eval([c.state for c in prefix_cache])
-        else:  # other cache kinds (sliding windows, recurrent state) are not shared
-            prefix_len, prefix_cache = 0, None
+    if prefix_len and not all(type(c).__name__ == "KVCache" for c in make_prompt_cache(lm.model)):
+        prefix_len = 0  # other cache kinds (sliding windows, recurrent state) are not shared
     batches = [idx[s : s + batch_rows] for idx in by_length.values() for s in range(0, len(idx), batch_rows)]
     eos = set(lm.tokenizer.eos_token_ids)
     results: list[Decoded | None] = [None] * len(prompts)
     hook = ResidualHook()
+    prefixes: dict[tuple, list] = {}  # a steering's identity -> the opening's KV cache computed under it
+
+    def prefix_for(ivs: tuple) -> list:
+        key = tuple(id(iv) for iv in ivs)  # rows that share Intervention objects steer alike
+        if key not in prefixes:
+            cache = make_prompt_cache(lm.model)
+            hook.steering = RowSteering.build([ivs], Phase.PROMPT)
+            lm.model(mx.array([list(prompts[0][:prefix_len])]), cache=cache)
+            mx.eval([c.state for c in cache])
+            prefixes[key] = cache
+        return prefixes[key]
+
     bar = None
     if progress:
         from tqdm import tqdm
@@ -83,10 +91,11 @@ def greedy_decode(
         for idx in batches:
             rows = [tuple(interventions[i]) for i in idx]
             cache = make_prompt_cache(lm.model)
-            if prefix_cache is not None:
-                for mine, shared in zip(cache, prefix_cache):
-                    mine.keys = mx.repeat(shared.keys[..., :prefix_len, :], len(idx), axis=0)
-                    mine.values = mx.repeat(shared.values[..., :prefix_len, :], len(idx), axis=0)
+            if prefix_len:
+                shared = [prefix_for(ivs) for ivs in rows]
+                for layer, mine in enumerate(cache):
+                    mine.keys = mx.concatenate([s[layer].keys[..., :prefix_len, :] for s in shared], axis=0)
+                    mine.values = mx.concatenate([s[layer].values[..., :prefix_len, :] for s in shared], axis=0)
                     mine.offset = prefix_len
             hook.steering = RowSteering.build(rows, Phase.PROMPT)
             logits = lm.model(mx.array([list(prompts[i][prefix_len:]) for i in idx]), cache=cache)[:, -1, :].astype(mx.float32)

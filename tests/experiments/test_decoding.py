@@ -33,3 +33,20 @@ def test_shared_prefix_changes_nothing_without_steering(tiny_llama):
     assert [o.tokens for o in shared] == [o.tokens for o in alone]
     for s, a in zip(shared, alone):
         assert np.allclose(s.first_logprobs, a.first_logprobs, atol=1e-4)
+
+
+def test_shared_prefix_is_steered_like_each_row(tiny_llama):
+    """The opening every prompt shares is computed under each row's own steering, as the server does."""
+    lm = tiny_llama
+    head = lm.tokenizer.encode("a shared opening of several tokens")
+    prompts = [head + p for p in _prompts(lm)]
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((lm.num_layers, lm.hidden_size)).astype(np.float32)
+    add = Intervention("v", v, alpha=6.0, layers=(0, 1))
+    ivs = [(add,), (Intervention("v", v, op="reflect", alpha=3.0, layers=(0, 1)),), (), (add,)]
+    shared = greedy_decode(lm, prompts, ivs, max_tokens=5, batch_rows=3, share_prefix=True)
+    alone = greedy_decode(lm, prompts, ivs, max_tokens=5, share_prefix=False)
+    ref = generate(lm, prompts, ivs, max_tokens=5, temperature=0.0, chat=False)
+    assert [o.tokens for o in shared] == [o.tokens for o in alone] == [r.tokens for r in ref]
+    for s, a in zip(shared, alone):
+        assert np.allclose(s.first_logprobs, a.first_logprobs, atol=1e-4)
