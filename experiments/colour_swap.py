@@ -58,7 +58,8 @@ class ColourConfig:
     # total shift across the layers, in class-mean differences. The committed run (docs/results/) is this default;
     # on a 2-core CPU 10 random directions on every question leave room for one add alpha.
     add_alphas: tuple[float, ...] = (SEED_ALPHA,)
-    # 1 = mirror the colour once about the midpoint; 3 = the both-ways setting on the default model (bench/green_red_sweep)
+    # 1 = mirror the colour once about the midpoint; 3 = a harder mirror. As served (the whole prompt steered) neither
+    # swaps both ways on the default model: bench/green_red_sweep/README.md, prefix_check
     reflect_alphas: tuple[float, ...] = (1.0, 3.0)
     headline_alpha: float = SEED_ALPHA  # where the random and sign-flipped baselines run
     flipped: bool = True  # run the sign-flipped baseline

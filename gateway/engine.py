@@ -197,8 +197,11 @@ class Engine:
         try:
             with steering_session(self.lm, capture_layers=None) as local, self._replicated(local) as batch:
                 self._batch = batch
-                if mx.default_device().type == mx.gpu:  # CPU traces in milliseconds; a GPU also JIT-compiles kernels
-                    local.warm_up()  # no-op when the model spans ranks (decoded uncompiled)
+                # Before serving, on every backend: a GPU JIT-compiles its kernels on the first trace (~20 s for
+                # a 7B), and mlx's CPU backend compiles its fused kernels with a C++ compiler it runs through
+                # system(), which ignores SIGINT in the whole process while the compiler runs: a Ctrl-C in
+                # that window (the first request's first steps) was lost. No-op when the model spans ranks.
+                local.warm_up()
                 self._ready.set()
                 self._loop()
         except BaseException as exc:  # noqa: BLE001 - reported to start() or logged
