@@ -19,6 +19,7 @@ changed reflect's answers a lot: bench/green_red_sweep/README.md, prefix_check.)
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -73,7 +74,7 @@ def greedy_decode(
     prefixes: dict[tuple, list] = {}  # a steering's identity -> the opening's KV cache computed under it
 
     def prefix_for(ivs: tuple) -> list:
-        key = tuple(id(iv) for iv in ivs)  # rows that share Intervention objects steer alike
+        key = steering_identity(ivs)
         if key not in prefixes:
             cache = make_prompt_cache(lm.model)
             hook.steering = RowSteering.build([ivs], Phase.PROMPT)
@@ -125,6 +126,23 @@ def greedy_decode(
     if bar:
         bar.close()
     return results  # type: ignore[return-value]
+
+
+def steering_identity(interventions) -> tuple:
+    """What a prompt's steering does, by value: rows with equal identities compute the same prompt states.
+
+    By value, not by object: a study builds a new Intervention per row, and a few dozen steerings
+    over thousands of rows must share a few dozen openings. The directions are compared by content.
+    """
+    return tuple(
+        (iv.key, iv.op.value, iv.alpha, iv.per_layer_alpha, iv.layers, iv.scope.value, iv.value,
+         _digest(iv.directions), _digest(iv.midpoints))
+        for iv in interventions if iv.active_in(Phase.PROMPT)
+    )
+
+
+def _digest(array) -> str | None:
+    return None if array is None else hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def _common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:

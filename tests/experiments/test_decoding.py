@@ -50,3 +50,22 @@ def test_shared_prefix_is_steered_like_each_row(tiny_llama):
     assert [o.tokens for o in shared] == [o.tokens for o in alone] == [r.tokens for r in ref]
     for s, a in zip(shared, alone):
         assert np.allclose(s.first_logprobs, a.first_logprobs, atol=1e-4)
+
+
+def test_rows_that_steer_alike_share_one_opening(tiny_llama, monkeypatch):
+    """Equal steerings built as separate objects (as a study builds them) compute the shared opening once."""
+    from mlx_interp.experiments import decoding
+
+    lm = tiny_llama
+    head = lm.tokenizer.encode("a shared opening of several tokens")
+    prompts = [head + p for p in _prompts(lm)]
+    v = np.random.default_rng(2).standard_normal((lm.num_layers, lm.hidden_size)).astype(np.float32)
+    ivs = [(Intervention("v", v.copy(), alpha=2.0),) for _ in prompts]  # four objects, one steering
+    ivs[-1] = (Intervention("v", v * 2, alpha=2.0),)  # same name, other direction: its own opening
+    calls = []
+    real = decoding.steering_identity
+    monkeypatch.setattr(decoding, "steering_identity", lambda x: calls.append(real(x)) or real(x))
+    out = greedy_decode(lm, prompts, ivs, max_tokens=3, share_prefix=True)
+    assert len(set(calls)) == 2
+    alone = greedy_decode(lm, prompts, ivs, max_tokens=3, share_prefix=False)
+    assert [o.tokens for o in out] == [o.tokens for o in alone]
