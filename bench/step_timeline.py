@@ -125,8 +125,9 @@ class EngineCase:
     def __init__(self, rig: Rig, session, steered: bool, probed: bool):
         from mlx_interp.steering.generation import DecodeBatch
 
-        # A batch of its own on the session's hook: cases can alternate step by step.
-        self.rig, self.batch, self.probed = rig, DecodeBatch(rig.lm, session.hook), probed
+        # A batch of its own on the session's hook and compiled step (what the server decodes with;
+        # before 2026-11-30 evening these cases decoded uncompiled): cases can alternate step by step.
+        self.rig, self.batch, self.probed = rig, DecodeBatch(rig.lm, session.hook, compiled=session.compiled), probed
         self.ivs = (rig.vector,) if steered else ()
         self.detoks, self.stops = [], []
 

@@ -79,8 +79,10 @@ def greedy_decode(
             cache = make_prompt_cache(lm.model)
             hook.steering = RowSteering.build([ivs], Phase.PROMPT)
             lm.model(mx.array([list(prompts[0][:prefix_len])]), cache=cache)
-            mx.eval([c.state for c in cache])
-            prefixes[key] = cache
+            # copies of the opening's positions only: a slice would keep each cache's 256-slot buffer alive
+            kept = [(mx.contiguous(c.keys[..., :prefix_len, :]), mx.contiguous(c.values[..., :prefix_len, :])) for c in cache]
+            mx.eval(kept)
+            prefixes[key] = kept
         return prefixes[key]
 
     bar = None
@@ -95,8 +97,8 @@ def greedy_decode(
             if prefix_len:
                 shared = [prefix_for(ivs) for ivs in rows]
                 for layer, mine in enumerate(cache):
-                    mine.keys = mx.concatenate([s[layer].keys[..., :prefix_len, :] for s in shared], axis=0)
-                    mine.values = mx.concatenate([s[layer].values[..., :prefix_len, :] for s in shared], axis=0)
+                    mine.keys = mx.concatenate([s[layer][0] for s in shared], axis=0)
+                    mine.values = mx.concatenate([s[layer][1] for s in shared], axis=0)
                     mine.offset = prefix_len
             hook.steering = RowSteering.build(rows, Phase.PROMPT)
             logits = lm.model(mx.array([list(prompts[i][prefix_len:]) for i in idx]), cache=cache)[:, -1, :].astype(mx.float32)

@@ -42,6 +42,7 @@ from mlx_interp.steering.generation import steering_session
 from . import constraints
 from .admission import Admission, PromptGroup
 from .batch_size import fit_max_batch
+from mlx_interp.steering.backend import prime_compiler
 from .echo_logprobs import prompt_entries, prompt_logprobs_k
 from .errors import QueueFull, Unavailable, as_api_error, one_line
 from .events import ChoiceEnd, Failed, Job, PromptRead
@@ -197,11 +198,8 @@ class Engine:
         try:
             with steering_session(self.lm, capture_layers=None) as local, self._replicated(local) as batch:
                 self._batch = batch
-                # Before serving, on every backend: a GPU JIT-compiles its kernels on the first trace (~20 s for
-                # a 7B), and mlx's CPU backend compiles its fused kernels with a C++ compiler it runs through
-                # system(), which ignores SIGINT in the whole process while the compiler runs: a Ctrl-C in
-                # that window (the first request's first steps) was lost. No-op when the model spans ranks.
-                local.warm_up()
+                prime_compiler()  # before serving: see steering/backend.py (a lost Ctrl-C)
+                local.warm_up()  # a GPU JIT-compiles its kernels on the first trace (~20 s for a 7B); no-op on ranks
                 self._ready.set()
                 self._loop()
         except BaseException as exc:  # noqa: BLE001 - reported to start() or logged

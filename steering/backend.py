@@ -182,3 +182,17 @@ def resolve_dtype(requested: str | None = None) -> str:
     if choice != "auto":
         return choice
     return "native" if default_device_kind() == "gpu" else "float32"
+
+
+def prime_compiler() -> None:
+    """Run one compiled mlx function now, so mlx's one-time compiler probe happens before serving.
+
+    On its first compiled function mlx's CPU backend checks its C++ compiler once per process with
+    libc's system("g++ --version"), and system() sets SIGINT to SIG_IGN in the whole process while
+    the child runs: a Ctrl-C that arrived then was dropped (seen as a server that streamed on after
+    SIGINT right after its first request, 3-4 times in 10; traced with strace). Every path reaches a
+    compiled function sooner or later (mlx's nn.silu is one), so the probe is run here, at start.
+    """
+    import mlx.core as mx
+
+    mx.eval(mx.compile(lambda x: x * 2.0 + 1.0)(mx.zeros((2,))))

@@ -238,11 +238,14 @@ static void start_pool(void) {
     pool.born = (long)generation_of(pool.claim);
     int want = pool_threads();
     pthread_atfork(NULL, NULL, forget_pool);
-    /* The workers are the library's, not the program's: they start with every signal blocked (a new
-     * thread inherits the creator's mask), so a SIGINT or SIGTERM meant for the server is always
-     * taken by one of its own threads, where Python's handler and event loop expect it. */
+    /* The workers are the library's, not the program's: they start with the asynchronous signals
+     * blocked (a new thread inherits the creator's mask), so a SIGINT or SIGTERM meant for the server
+     * is taken by one of its own threads. Faults raised by the worker itself stay deliverable, so a
+     * crash there still reaches Python's faulthandler. */
     sigset_t all, before;
     sigfillset(&all);
+    int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS};
+    for (unsigned i = 0; i < sizeof faults / sizeof faults[0]; i++) sigdelset(&all, faults[i]);
     pthread_sigmask(SIG_SETMASK, &all, &before);
     for (int t = 1; t < want; t++) {
         pthread_t id;

@@ -42,6 +42,8 @@ def flat_enabled() -> bool:
 def rows_product(x, weight, scales, biases, group_size: int, bits: int, mode: str):
     """x @ weight.T for a quantized weight, with x's leading dimensions as the rows of one product."""
     lead = x.shape[:-1]
+    if x.size == 0:  # mlx's CPU kernel divides by the row count (SIGFPE); its own 3-D path returns an empty result
+        return mx.zeros((*lead, weight.shape[0]), x.dtype)
     y = mx.quantized_matmul(
         x.reshape(-1, x.shape[-1]), weight, scales=scales, biases=biases, transpose=True,
         group_size=group_size, bits=bits, mode=mode,

@@ -44,12 +44,15 @@ def test_shared_prefix_is_steered_like_each_row(tiny_llama):
     v = rng.standard_normal((lm.num_layers, lm.hidden_size)).astype(np.float32)
     add = Intervention("v", v, alpha=6.0, layers=(0, 1))
     ivs = [(add,), (Intervention("v", v, op="reflect", alpha=3.0, layers=(0, 1)),), (), (add,)]
-    shared = greedy_decode(lm, prompts, ivs, max_tokens=5, batch_rows=3, share_prefix=True)
-    alone = greedy_decode(lm, prompts, ivs, max_tokens=5, share_prefix=False)
-    ref = generate(lm, prompts, ivs, max_tokens=5, temperature=0.0, chat=False)
-    assert [o.tokens for o in shared] == [o.tokens for o in alone] == [r.tokens for r in ref]
-    for s, a in zip(shared, alone):
-        assert np.allclose(s.first_logprobs, a.first_logprobs, atol=1e-4)
+    same_length = [head + prompts[0][len(head):]] * 4  # one batch whose rows have different openings
+    for batch in (prompts, same_length):
+        shared = greedy_decode(lm, batch, ivs, max_tokens=5, batch_rows=3, share_prefix=True)
+        alone = greedy_decode(lm, batch, ivs, max_tokens=5, share_prefix=False)
+        ref = generate(lm, batch, ivs, max_tokens=5, temperature=0.0, chat=False)
+        assert [o.tokens for o in shared] == [o.tokens for o in alone] == [r.tokens for r in ref]
+        for s, a in zip(shared, alone):
+            assert np.allclose(s.first_logprobs, a.first_logprobs, atol=1e-4)
+    assert not np.allclose(shared[0].first_logprobs, shared[2].first_logprobs, atol=1e-2)  # the steering shows
 
 
 def test_rows_that_steer_alike_share_one_opening(tiny_llama, monkeypatch):

@@ -46,11 +46,40 @@ def test_each_row_is_mlxs_own_product(dtype, shape):
 
 
 def test_switch(monkeypatch):
+    from mlx_interp.steering import quantized_rows
+
     for value, want in (("0", False), ("off", False), ("1", True), ("yes", True)):
         monkeypatch.setenv(FLAT_ENV, value)
         assert flat_enabled() is want
     monkeypatch.delenv(FLAT_ENV)
-    assert flat_enabled() is (mx.default_device().type == mx.gpu and not mx.metal.is_available())
+    # auto: on for a GPU that is not Metal (mlx's CUDA build) only
+    for device, metal, want in ((mx.gpu, False, True), (mx.gpu, True, False), (mx.cpu, False, False)):
+        monkeypatch.setattr(quantized_rows, "mx", _FakeMx(device, metal))
+        assert flat_enabled() is want, (device, metal)
+
+
+class _FakeMx:
+    """mlx.core as flat_enabled sees it on another machine."""
+
+    def __init__(self, device, metal):
+        self.gpu, self.cpu = mx.gpu, mx.cpu
+        self._device = mx.Device(device, 0)
+        self.metal = type("metal", (), {"is_available": staticmethod(lambda: metal)})
+
+    def default_device(self):
+        return self._device
+
+
+def test_zero_rows_and_mxfp4():
+    wq, scales, biases = _weights()
+    empty = rows_product(mx.zeros((0, 1, 64)), wq, scales, biases, 32, 4, "affine")
+    assert empty.shape == (0, 1, 96)
+    w = mx.random.normal((96, 64))
+    qw, qs = mx.quantize(w, group_size=32, bits=4, mode="mxfp4")
+    x = mx.random.normal((5, 1, 64))
+    got = rows_product(x, qw, qs, None, 32, 4, "mxfp4")
+    want = mx.quantized_matmul(x, qw, scales=qs, transpose=True, group_size=32, bits=4, mode="mxfp4")
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
 
 
 def _quantized(path, monkeypatch, flat: bool):
