@@ -66,7 +66,7 @@ class RowsQuantizedEmbedding(nn.QuantizedEmbedding):
         return rows_product(x, self["weight"], self["scales"], self.get("biases"), self.group_size, self.bits, self.mode)
 
 
-_SWAPS = {nn.QuantizedLinear: RowsQuantizedLinear, nn.QuantizedEmbedding: RowsQuantizedEmbedding}
+_SWAPS: dict[type, type] = {nn.QuantizedLinear: RowsQuantizedLinear, nn.QuantizedEmbedding: RowsQuantizedEmbedding}
 
 
 def flatten_quantized_rows(model: nn.Module) -> int:
