@@ -349,7 +349,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--pairs-only", action="store_true", help="skip the timeline and rates: paired ratios only")
     ap.add_argument("--pipelined-pairs", type=int, default=0,
-                    help="pairs of pipelined blocks (the server's loop), steered+probed against plain (0: skip)")
+                    help="pairs of pipelined blocks (the server's loop), each steered/probed case against plain (0: skip)")
     ap.add_argument("--block-steps", type=int, default=16, help="steps per pipelined block")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -403,24 +403,20 @@ def main(argv=None) -> int:
                 ratios = [p / g for p, g in zip(results["rate"]["plain"], results["generate_step"])]
                 print(f"engine plain / generate_step, per repeat: {spread(ratios)}")
 
-        if args.pairs:
-            results["paired"] = {}
-            for other in ("steered+probed", "steered", "probed"):  # each against plain, whichever --cases names
-                if other in wanted and "plain" in wanted:
-                    r = paired(cases["plain"], cases[other], args.pairs)
-                    results["paired"][f"{other}/plain"] = r
-                    lo, hi = median_ci(r)
-                    print(f"\npaired steps, {other} / plain: median {statistics.median(r):.4f} "
-                          f"(95% CI of the median {lo:.4f}..{hi:.4f}; IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}; {len(r)} pairs)")
-        if args.pipelined_pairs:
-            results.setdefault("paired", {})
-            for other in ("steered+probed", "steered", "probed"):
-                if other in wanted and "plain" in wanted:
-                    r = paired_pipelined(cases["plain"], cases[other], args.pipelined_pairs, args.block_steps)
-                    results["paired"][f"pipelined {other}/plain"] = r
-                    lo, hi = median_ci(r)
-                    print(f"\npipelined blocks of {args.block_steps} steps, {other} / plain: median {statistics.median(r):.4f} "
-                          f"(95% CI of the median {lo:.4f}..{hi:.4f}; IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}; {len(r)} pairs)")
+        results["paired"] = {}
+
+        def report(key: str, label: str, r: list[float]) -> None:
+            results["paired"][key] = r
+            lo, hi = median_ci(r)
+            print(f"\n{label}: median {statistics.median(r):.4f} "
+                  f"(95% CI of the median {lo:.4f}..{hi:.4f}; IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}; {len(r)} pairs)")
+
+        others = [o for o in ("steered+probed", "steered", "probed") if o in wanted and "plain" in wanted]
+        for other in others if args.pairs else []:  # each against plain, whichever --cases names
+            report(f"{other}/plain", f"paired steps, {other} / plain", paired(cases["plain"], cases[other], args.pairs))
+        for other in others if args.pipelined_pairs else []:
+            report(f"pipelined {other}/plain", f"pipelined blocks of {args.block_steps} steps, {other} / plain",
+                   paired_pipelined(cases["plain"], cases[other], args.pipelined_pairs, args.block_steps))
         if args.pairs:
             from mlx_interp.steering.backend import default_device_kind
 
@@ -428,10 +424,7 @@ def main(argv=None) -> int:
             if shim is not None and "plain" in wanted:
                 r = paired(cases["plain"], EngineCase(rig, session, False, False), args.pairs,
                            switch=lambda on: shim.mlx_interp_gemv_shim_enable(0 if on else 1))
-                results["paired"]["sgemm/gemv"] = r
-                lo, hi = median_ci(r)
-                print(f"paired steps, plain with sgemm only / with the gemv shim: median {statistics.median(r):.4f} "
-                      f"(95% CI of the median {lo:.4f}..{hi:.4f}; IQR {_q(r, .25):.4f}..{_q(r, .75):.4f}; {len(r)} pairs)")
+                report("sgemm/gemv", "paired steps, plain with sgemm only / with the gemv shim", r)
     print(f"load average at end: {load_avg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -37,12 +37,12 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 import numpy as np
 
+from mlx_interp.steering.backend import prime_compiler
 from mlx_interp.steering.generation import steering_session
 
 from . import constraints
 from .admission import Admission, PromptGroup
 from .batch_size import fit_max_batch
-from mlx_interp.steering.backend import prime_compiler
 from .echo_logprobs import prompt_entries, prompt_logprobs_k
 from .errors import QueueFull, Unavailable, as_api_error, one_line
 from .events import ChoiceEnd, Failed, Job, PromptRead

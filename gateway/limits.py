@@ -31,7 +31,7 @@ class Limits:
     max_stop_chars: int = _limit(128, "longest stop string, in characters")
     max_steer: int = _limit(16, "most steering entries per request (body and header together)")
     max_alpha: float = _limit(50.0, "largest |alpha| of an add (total shift in class-mean differences; per layer for imported control vectors)")
-    # 3 is the both-ways colour swap on the default model (docs/results.md); 4.5 broke its text
+    # room to sweep past a single mirror; on the default model 4 and above break the text (bench/green_red_sweep)
     max_reflect_alpha: float = _limit(4.0, "largest |alpha| of a reflect (1 mirrors the component once)")
     max_ablate_alpha: float = _limit(1.5, "largest |alpha| of an ablate (1 removes the component)")
     max_clamp_value: float = _limit(10000.0, "largest |value| of a clamp or cap (and |max| of a guard's cap)")

@@ -238,6 +238,7 @@ class DecodeBatch:
 
         On mlx's CUDA backend the first trace also JIT-compiles its fused kernels: ~20 s for a
         7B-shape model on an H200, which would otherwise fall on the first client's first token.
+        On CPU it costs tens to hundreds of milliseconds (kernels are cached on disk).
         """
         import mlx.core as mx
 
