@@ -39,6 +39,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--only", default="", help="comma-separated variants to run (default: all)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the closing cProfile of the compiled loop")
     args = ap.parse_args()
 
     import mlx.core as mx
@@ -130,10 +132,15 @@ def main() -> int:
         "compiled_probes": lambda: hooked_run((), True, compiled=True),
         "compiled_both": lambda: hooked_run((steer,), True, compiled=True),
     }
+    if args.only:
+        unknown = set(args.only.split(",")) - set(variants)
+        if unknown:
+            ap.error(f"unknown variants {sorted(unknown)}; known: {', '.join(variants)}")
+        variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     info = {"device": str(mx.default_device()), "mlx": mx.__version__, "model": args.model, "tokens": args.tokens}
     print(json.dumps(info), flush=True)
     results: dict[str, list] = {k: [] for k in variants}
-    mlx_lm_run()  # warm-up: kernels, allocator; then each variant once (compiles, kernel JIT)
+    variants.get("mlx_lm", mlx_lm_run)()  # warm-up: kernels, allocator; then each variant once (compiles, kernel JIT)
     warm = {}
     for name, fn in variants.items():
         t0 = time.perf_counter()
@@ -147,7 +154,7 @@ def main() -> int:
             results[name].append(r)
             print(rep, name, json.dumps({k: v for k, v in r.items() if k != "_tokens"}), flush=True)
     same = {}
-    for a, b in (("hooked", "compiled"), ("steer", "compiled_steer"), ("probes", "compiled_probes"), ("bare", "compiled")):
+    for a, b in ((a, b) for a, b in (("hooked", "compiled"), ("steer", "compiled_steer"), ("probes", "compiled_probes"), ("bare", "compiled")) if a in results and b in results):
         ta, tb = results[a][0]["_tokens"], results[b][0]["_tokens"]
         same[f"{a}=={b}"] = ta == tb if ta == tb else next(i for i, (x, y) in enumerate(zip(ta, tb)) if x != y)
     print("same greedy tokens (True, or the first step that differs):", json.dumps(same), flush=True)
@@ -157,6 +164,11 @@ def main() -> int:
     summary = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
     print(json.dumps(summary, indent=1), flush=True)
 
+    if args.no_profile:
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "step_profile.json").write_text(json.dumps({"info": info, "same_tokens": same, "runs": results, "median": summary}, indent=1))
+        return 0
     prof = cProfile.Profile()
     prof.enable()
     hooked_run(compiled=True)
