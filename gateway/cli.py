@@ -11,6 +11,7 @@ from .limits import add_limit_arguments, limits_from
 ENV_API_KEY = "MLX_INTERP_API_KEY"
 ENV_ADMIN_KEY = "MLX_INTERP_ADMIN_KEY"
 EXIT_MODEL_THREAD_DIED = 70  # EX_SOFTWARE: the service manager restarts the server
+ENV_SWITCH_INTERVAL = "MLX_INTERP_SWITCH_INTERVAL"  # seconds; Python's GIL hand-over interval (5 ms by default)
 END_GRACE_S = 5.0  # after --drain-s, the engine ends what is left; streams get this long to send their end
 
 
@@ -163,6 +164,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     server = graceful_server(uvicorn, config, gateway.engine, limits.drain_s)
     quiet_floods()
+    set_switch_interval(os.environ.get(ENV_SWITCH_INTERVAL))
 
     def model_thread_died() -> None:  # called from the model thread: stop serving, exit non-zero
         if ranks is not None:
@@ -183,6 +185,25 @@ def serve(args: argparse.Namespace) -> int:
         print(f"exiting: the model thread stopped ({gateway.engine.failure})", file=sys.stderr, flush=True)
         code = EXIT_MODEL_THREAD_DIED
     return exit_now(code)
+
+
+def set_switch_interval(value: str | None) -> None:
+    """Apply MLX_INTERP_SWITCH_INTERVAL: how long a thread may hold the GIL while another waits for it.
+
+    The model thread and the event loop share the GIL; with one stream on a GPU the step is bound by
+    the model thread's launches, so how soon it gets the GIL back from the loop is on the critical path.
+    Unset: Python's default. A bad value is one line on stderr, not a failed start.
+    """
+    if not value:
+        return
+    try:
+        seconds = float(value)
+        if not 0 < seconds <= 1:
+            raise ValueError
+    except ValueError:
+        print(f"ignoring {ENV_SWITCH_INTERVAL}={value!r}: expected seconds in (0, 1]", file=sys.stderr, flush=True)
+        return
+    sys.setswitchinterval(seconds)
 
 
 def graceful_server(uvicorn, config, engine, drain_s: float):

@@ -106,3 +106,19 @@ def test_refuses_mismatched_probes_and_inputs():
     bank = ProbeBank([build_probe()], num_layers=4, hidden_size=8)
     with pytest.raises(ValueError, match="expected hidden"):
         bank.scores(mx.zeros((1, 3, 8)))
+
+
+def test_compiled_scores_equal_the_uncompiled_expression(monkeypatch):
+    """The compiled scorer (one shapeless trace for every batch size) gives exactly what the plain ops give."""
+    from mlx_interp.probes import scoring
+
+    bank = ProbeBank(_bank_probes(), num_layers=L, hidden_size=D)
+    rng = np.random.default_rng(5)
+    for batch in (1, 3, 8, 1, 17):
+        hidden = mx.array(rng.normal(scale=2.0, size=(batch, L, D)).astype(np.float32))
+        compiled = np.array(bank.scores(hidden))
+        plain = np.array(scoring._scores(hidden, bank.W, bank.b, bank.mask, bank._nan))
+        np.testing.assert_array_equal(compiled, plain)  # NaN where a probe has no weights, on both sides
+        monkeypatch.setenv("MLX_INTERP_COMPILE", "0")
+        np.testing.assert_array_equal(np.array(bank.scores(hidden)), plain)
+        monkeypatch.delenv("MLX_INTERP_COMPILE")
