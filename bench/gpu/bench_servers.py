@@ -300,6 +300,8 @@ def main() -> int:
             "interp_nc": ("mlx-interp-uncompiled", {"MLX_INTERP_COMPILE": "0"}),  # the decode step uncompiled
             "interp_nf": ("mlx-interp-unfused", {"MLX_INTERP_FUSE": "0"}),  # q/k/v and gate/up as separate products
             "interp_nq": ("mlx-interp-rowwise", {"MLX_INTERP_FLAT_QMM": "0"}),  # quantized products row by row (mlx's own)
+            # mlx's CUDA graphs: one per step instead of one per 100 kernels / 1000 MB of inputs
+            "interp_g": ("mlx-interp-graph-1000", {"MLX_MAX_OPS_PER_BUFFER": "1000", "MLX_MAX_MB_PER_BUFFER": "100000"}),
             "interp_si": ("mlx-interp-switch-0.5ms", {"MLX_INTERP_SWITCH_INTERVAL": "0.0005"}),  # the GIL handed over sooner
         }
         for key, (name, switches) in interp_variants.items():
@@ -370,7 +372,7 @@ def main() -> int:
             short = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items() if k not in ("log_tail",)}
             print(json.dumps(short), flush=True)
 
-        keys = [k for k in ("lm", "interp", "interp_nc", "interp_nf", "interp_nq", "interp_si") if k in servers]
+        keys = [k for k in ("lm", "interp", "interp_nc", "interp_nf", "interp_nq", "interp_g", "interp_si") if k in servers]
         variants = args.variants.split(",")
         for phase in phases:
             for rep in range(args.reps):
