@@ -519,7 +519,14 @@ def _sharded_bank_class(cls: type) -> type:
             rb.done()
             return out
 
-        _sharded_classes[cls] = type(f"Sharded{cls.__name__}", (cls,), {"logits": logits})
+        def scores(self, hidden):
+            """Probabilities from the summed logits. The base class's compiled scorer fuses the matmul over
+            all layers, which this rank does not hold, so the sharded bank squashes its own logits."""
+            import mlx.core as mx
+
+            return mx.where(self.mask, mx.sigmoid(self.logits(hidden)), self._nan)
+
+        _sharded_classes[cls] = type(f"Sharded{cls.__name__}", (cls,), {"logits": logits, "scores": scores})
     return _sharded_classes[cls]
 
 
