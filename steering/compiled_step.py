@@ -14,6 +14,8 @@ What a trace may not bake in is anything that changes between steps. So:
 - The per-row steering terms are inputs, not constants: a trace is kept per steering *structure*
   (which layers have which kinds of terms), and a row joining, leaving or being re-steered by a
   guard feeds new arrays into the same trace.
+- On mlx's CUDA backend the masked attention over the buffer is one kernel per layer
+  (steering/decode_attention.py) instead of mlx's unfused fallback.
 The uncompiled step stays the reference: compiled and uncompiled decode give the same tokens
 (tests/steering/test_compiled_step.py), and `MLX_INTERP_COMPILE=0` turns this path off.
 """
@@ -44,11 +46,12 @@ def supports(cache) -> bool:
 class _StepCache:
     """Stands in for one layer's BatchKVCache inside the traced step (decode: one token per row)."""
 
-    def __init__(self, keys, values, idx, offset, left_padding):
+    def __init__(self, keys, values, idx, offset, left_padding, masks_made: list):
         self.keys, self.values = keys, values
         self.idx = idx  # () int32: where this token's key and value go
         self.offset = offset  # (B,) the rows' positions, as BatchKVCache keeps them (rope reads it)
         self.left_padding = left_padding
+        self.masks_made = masks_made  # shared by the step's caches: decode_attention knows its masks by identity
 
     def update_and_fetch(self, keys, values):
         import mlx.core as mx
@@ -67,7 +70,9 @@ class _StepCache:
         slots = mx.arange(self.keys.shape[2])
         # BatchKVCache's own mask for one new token: the slots written so far and this one,
         # from each row's first real token on.
-        return (slots <= self.idx) & (slots >= self.left_padding[:, None, None, None])
+        mask = (slots <= self.idx) & (slots >= self.left_padding[:, None, None, None])
+        self.masks_made.append(mask)
+        return mask
 
 
 def _flatten_steering(steering) -> tuple[tuple, list]:
@@ -135,17 +140,21 @@ class CompiledDecode:
         return logits, (outs[2] if recorder is not None else None)
 
     def _traced(self, template, recorder):
+        from . import decode_attention
+
         model, hook = self.model, self.hook
 
         def step(tokens, idx, offset, left, kv, steer_arrays):
-            caches = [_StepCache(kv[2 * i], kv[2 * i + 1], idx, offset, left) for i in range(len(kv) // 2)]
+            masks: list = []
+            caches = [_StepCache(kv[2 * i], kv[2 * i + 1], idx, offset, left, masks) for i in range(len(kv) // 2)]
             saved = hook.steering, hook.recorder
             hook.steering = _rebuild_steering(template, steer_arrays)
             hook.recorder = recorder
             try:
                 if recorder is not None:
                     recorder.clear()
-                logits = model(tokens[:, None], cache=caches)[:, -1, :]
+                with decode_attention.for_step_masks(masks, idx, left):
+                    logits = model(tokens[:, None], cache=caches)[:, -1, :]
                 new_kv = [a for c in caches for a in (c.keys, c.values)]
                 if recorder is None:
                     return logits, new_kv

@@ -303,6 +303,7 @@ def main() -> int:
             # mlx's CUDA graphs: one per step instead of one per 100 kernels / 1000 MB of inputs
             "interp_g": ("mlx-interp-graph-1000", {"MLX_MAX_OPS_PER_BUFFER": "1000", "MLX_MAX_MB_PER_BUFFER": "100000"}),
             "interp_si": ("mlx-interp-switch-0.5ms", {"MLX_INTERP_SWITCH_INTERVAL": "0.0005"}),  # the GIL handed over sooner
+            "interp_nk": ("mlx-interp-masked-sdpa", {"MLX_INTERP_DECODE_KERNEL": "0"}),  # mlx's masked attention fallback
         }
         for key, (name, switches) in interp_variants.items():
             if key in wanted:
@@ -372,7 +373,7 @@ def main() -> int:
             short = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items() if k not in ("log_tail",)}
             print(json.dumps(short), flush=True)
 
-        keys = [k for k in ("lm", "interp", "interp_nc", "interp_nf", "interp_nq", "interp_g", "interp_si") if k in servers]
+        keys = [k for k in ("lm", "interp", "interp_nc", "interp_nf", "interp_nq", "interp_g", "interp_si", "interp_nk") if k in servers]
         variants = args.variants.split(",")
         for phase in phases:
             for rep in range(args.reps):

@@ -12,6 +12,7 @@ another in one process, twice in alternating order:
   steer      + one add intervention on every layer
   probes     + every layer captured and scored by 8 probes
   compiled*  the same through the compiled decode step (steering/compiled_step.py)
+  *_nk       the compiled step with mlx's masked attention instead of steering/decode_attention.py's kernel
 For each loop: tok/s and the host seconds per step spent building the graph (before async_eval returns),
 which is what bounds the step when it approaches the device time. Then a cProfile of the compiled loop.
 """
@@ -119,6 +120,18 @@ def main() -> int:
 
             return pipelined(step, pre.logits[None] if pre.logits.ndim == 1 else pre.logits)
 
+    def without_kernel(run):
+        """The compiled step with mlx's masked attention fallback instead of steering/decode_attention.py's kernel."""
+        def wrapped():
+            import os
+
+            os.environ["MLX_INTERP_DECODE_KERNEL"] = "0"
+            try:
+                return run()
+            finally:
+                os.environ.pop("MLX_INTERP_DECODE_KERNEL")
+        return wrapped
+
     variants = {
         "mlx_lm": mlx_lm_run,
         "bare": bare_run,
@@ -131,6 +144,8 @@ def main() -> int:
         "compiled_steer": lambda: hooked_run((steer,), compiled=True),
         "compiled_probes": lambda: hooked_run((), True, compiled=True),
         "compiled_both": lambda: hooked_run((steer,), True, compiled=True),
+        "compiled_nk": without_kernel(lambda: hooked_run(compiled=True)),
+        "compiled_both_nk": without_kernel(lambda: hooked_run((steer,), True, compiled=True)),
     }
     if args.only:
         unknown = set(args.only.split(",")) - set(variants)
@@ -154,7 +169,8 @@ def main() -> int:
             results[name].append(r)
             print(rep, name, json.dumps({k: v for k, v in r.items() if k != "_tokens"}), flush=True)
     same = {}
-    for a, b in ((a, b) for a, b in (("hooked", "compiled"), ("steer", "compiled_steer"), ("probes", "compiled_probes"), ("bare", "compiled")) if a in results and b in results):
+    for a, b in ((a, b) for a, b in (("hooked", "compiled"), ("steer", "compiled_steer"), ("probes", "compiled_probes"), ("bare", "compiled"),
+                                                       ("compiled_nk", "compiled"), ("bare_kv", "compiled"), ("compiled_both_nk", "compiled_both")) if a in results and b in results):
         ta, tb = results[a][0]["_tokens"], results[b][0]["_tokens"]
         same[f"{a}=={b}"] = ta == tb if ta == tb else next(i for i, (x, y) in enumerate(zip(ta, tb)) if x != y)
     print("same greedy tokens (True, or the first step that differs):", json.dumps(same), flush=True)
