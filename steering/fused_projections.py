@@ -94,17 +94,16 @@ class FusedProjection(nn.Module):
         a, b = self.splits[index], self.splits[index + 1]
         f = self.fused
         if isinstance(f, nn.QuantizedLinear):
+            from .quantized_rows import RowsQuantizedLinear, rows_product
+
             biases = f.get("biases")
-            y = mx.quantized_matmul(
-                x,
-                f["weight"][a:b],
-                scales=f["scales"][a:b],
-                biases=None if biases is None else biases[a:b],
-                transpose=True,
-                group_size=f.group_size,
-                bits=f.bits,
-                mode=f.mode,
-            )
+            weight, scales = f["weight"][a:b], f["scales"][a:b]
+            biases = None if biases is None else biases[a:b]
+            if isinstance(f, RowsQuantizedLinear):  # the whole product flattens a batch's rows: so does a part
+                y = rows_product(x, weight, scales, biases, f.group_size, f.bits, f.mode)
+            else:
+                y = mx.quantized_matmul(x, weight, scales=scales, biases=biases, transpose=True,
+                                        group_size=f.group_size, bits=f.bits, mode=f.mode)
             return y + f["bias"][a:b] if "bias" in f else y
         w = f["weight"][a:b]
         return mx.addmm(f["bias"][a:b], x, w.T) if "bias" in f else x @ w.T

@@ -229,6 +229,24 @@ def test_parts_called_with_other_inputs_stay_right(dtype, bias, kind):
     check(fused.v_proj(x2), ref.v_proj(x2))
 
 
+def test_a_part_of_a_flattened_product_flattens_too(monkeypatch):
+    """On CUDA the fused layer's product takes a batch's rows as one matmul (quantized_rows); a part
+    computed on its own (the path above) must too, or it falls back to one product per row."""
+    from mlx_interp.steering import quantized_rows
+
+    ref = _parent("quantized", mx.float32, True, quant={})
+    fused = _parent("quantized", mx.float32, True, quant={})
+    assert fuse_projections(fused) == 1
+    assert quantized_rows.flatten_quantized_rows(fused) == 1
+    seen = []
+    real = quantized_rows.rows_product
+    monkeypatch.setattr(quantized_rows, "rows_product", lambda x, *a: seen.append(x.shape) or real(x, *a))
+    x = mx.random.normal((5, 1, 64))
+    got, want = fused.v_proj(x), ref.v_proj(x)  # q has not run on x: v is computed from its slice alone
+    assert seen == [(5, 1, 64)]
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
+
+
 def test_mismatched_projections_are_left_alone():
     bits = _parent("quantized", quant={"k_proj": 8})
     assert fuse_projections(bits) == 0 and type(bits.q_proj) is nn.QuantizedLinear
