@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +64,9 @@ class Server:
         self.log_path = log_dir / f"{name}.log"
         self.log = open(self.log_path, "w")
         self.started = time.time()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        # Started outside any checkout: from a repository root, `python -m mlx_interp.cli` finds the
+        # bare mlx_interp/ folder there instead of the installed package (and has no `serve`).
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=tempfile.gettempdir())
 
     def wait_ready(self, timeout: float = 300) -> float:
         deadline = time.time() + timeout
@@ -266,6 +269,8 @@ def main() -> int:
     ap.add_argument("--lib", type=Path, default=Path("/root/lib"))
     ap.add_argument("--servers", default="lm,interp")
     args = ap.parse_args()
+    args.model = str(Path(args.model).resolve())  # the servers start in the temp folder
+    args.lib = Path(args.lib).resolve()
     t_begin = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     logs = args.out / "logs"
