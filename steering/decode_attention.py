@@ -33,6 +33,10 @@ import mlx.core as mx
 
 KERNEL_ENV = "MLX_INTERP_DECODE_KERNEL"
 MAX_KEYS = 1024  # mlx's own vector kernel switches to two passes above this many keys
+# 1024 threads a block leave each thread at most 64 registers, and mlx's generated signature cannot
+# carry __launch_bounds__: with these two constants nvcc 13.0 used 55-61 registers for every head size
+# and architecture from sm_75 to sm_120, no spills; 4 keys per warp took 72 at head size 256 (launch
+# failure). Change them only with that compile check (and bench/gpu/decode_attention_check.py) redone.
 WARPS = 32  # warps per (row, head) block: 1024 threads, as mlx's one-pass vector kernel
 KEYS_PER_WARP = 2  # keys each warp has in flight per round: loads issued before the reductions
 HEAD_DIMS = (64, 96, 128, 256)  # a multiple of 32 (a warp's lanes split the head), at most 256
@@ -123,7 +127,9 @@ _SOURCE = """
             total += warp_sum[w] * c;
             o += warp_acc[w][d] * c;
         }
-        out[((long long)row * HQ + head) * D + d] = static_cast<InT>(o / total);
+        // A row with no slot in range (its padding past the position: the batch cache never makes one)
+        // gets zeros, not 0/0: a NaN would fail the request as non-finite.
+        out[((long long)row * HQ + head) * D + d] = static_cast<InT>(total > 0.f ? o / total : 0.f);
     }
 """
 
@@ -183,7 +189,11 @@ def kernel(q, k, v, scale: float, position, left):
 
 
 def reference(q, k, v, scale: float, position, left):
-    """The kernel's function in plain mlx: softmax over slots [max(left, 0), position], float32."""
+    """The kernel's function in plain mlx: softmax over slots [max(left, 0), position], float32.
+
+    Where mlx's masked attention and this differ: a row with no slot in range gets zeros here (mlx's
+    fallback averages the whole buffer); the batch cache never makes such a row.
+    """
     B, Hq, _, D = q.shape
     Hkv, T = k.shape[1], k.shape[2]
     qg = q.astype(mx.float32).reshape(B, Hkv, Hq // Hkv, 1, D) * scale
@@ -191,7 +201,9 @@ def reference(q, k, v, scale: float, position, left):
     slots = mx.arange(T)
     valid = (slots <= position) & (slots >= mx.maximum(left, 0)[:, None])  # (B, T)
     scores = mx.where(valid[:, None, None, None, :], scores, -math.inf)
-    out = mx.softmax(scores, axis=-1) @ v.astype(mx.float32)[:, :, None]  # (B, Hkv, rep, 1, D)
+    weights = mx.softmax(scores, axis=-1)
+    weights = mx.where(valid.any(axis=1)[:, None, None, None, None], weights, 0.0)  # no slot in range: zeros, as the kernel
+    out = weights @ v.astype(mx.float32)[:, :, None]  # (B, Hkv, rep, 1, D)
     return out.reshape(B, Hq, 1, D).astype(q.dtype)
 
 

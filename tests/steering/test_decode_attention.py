@@ -91,3 +91,11 @@ def test_modes_and_shapes(monkeypatch):
     assert not da.fits(mx.zeros((2, 8, 1, 80), mx.bfloat16), mx.zeros((2, 2, 512, 80), mx.bfloat16), mx.zeros((2, 2, 512, 80), mx.bfloat16))
     assert da.fits(mx.zeros((2, 8, 1, 80), mx.bfloat16), mx.zeros((2, 2, 512, 80), mx.bfloat16), mx.zeros((2, 2, 512, 80), mx.bfloat16), head_dims=None)
     assert not da.fits(mx.zeros((2, 8, 1, 128), mx.float16), k, k)  # mixed dtypes
+
+
+def test_a_row_with_no_slot_in_range_gets_zeros_not_nan():
+    q = mx.ones((2, 4, 1, 16))
+    k = v = mx.ones((2, 2, 32, 16))
+    out = np.array(da.reference(q, k, v, 0.25, mx.array(10, dtype=mx.int32), mx.array([0, 20], dtype=mx.int32)))
+    assert np.isfinite(out).all()
+    assert np.allclose(out[1], 0.0) and np.allclose(out[0], 1.0)
