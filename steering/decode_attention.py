@@ -135,10 +135,15 @@ _SOURCE = """
 
 _kernel = None
 _patch_lock = threading.RLock()  # the attention function is swapped only while one trace runs
+# A process-wide fact, like the BLAS choice: set once if the kernel failed to build or run on this
+# machine (a toolkit or GPU it was never compiled for); from then on every trace uses mlx's path.
+_failed: str | None = None
 
 
 def mode() -> str:
-    """'kernel', 'reference' or 'off', from MLX_INTERP_DECODE_KERNEL and the device."""
+    """'kernel', 'reference' or 'off', from MLX_INTERP_DECODE_KERNEL, the device, and whether it failed here."""
+    if _failed is not None:
+        return "off"
     wanted = os.environ.get(KERNEL_ENV, "auto").strip().lower()
     if wanted in ("0", "false", "no", "off"):
         return "off"
@@ -146,6 +151,17 @@ def mode() -> str:
         return "reference"
     on_cuda = mx.default_device().type == mx.gpu and not mx.metal.is_available()
     return "kernel" if on_cuda else "off"
+
+
+def give_up(reason: str) -> None:
+    """Turn the diversion off for this process (DecodeBatch.warm_up calls it when a traced step fails)."""
+    global _failed
+    _failed = reason
+
+
+def failure() -> str | None:
+    """Why the diversion was turned off in this process, or None."""
+    return _failed
 
 
 def fits(q, k, v, head_dims=HEAD_DIMS) -> bool:

@@ -8,6 +8,7 @@ applies each row's steering and records each row's residual stream.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -240,10 +241,25 @@ class DecodeBatch:
         7B-shape model on an H200, which would otherwise fall on the first client's first token.
         On CPU it costs tens to hundreds of milliseconds (kernels are cached on disk).
         """
-        import mlx.core as mx
+
+        from . import decode_attention
 
         if self.compiled is None or self.rows:
             return
+        try:
+            self._trace_both(token)
+        except Exception as exc:  # noqa: BLE001 - the CUDA attention kernel is the one part that may not build here
+            if decode_attention.mode() == "off":
+                raise
+            decode_attention.give_up(f"{type(exc).__name__}: {exc}")
+            warnings.warn(f"the decode attention kernel failed here ({decode_attention.failure()}); "
+                          f"decoding with mlx's masked attention instead", RuntimeWarning, stacklevel=2)
+            self.compiled = CompiledDecode(self.compiled.model, self.hook)  # no trace that holds the kernel survives
+            self._trace_both(token)
+
+    def _trace_both(self, token: int) -> None:
+        import mlx.core as mx
+
         sentinel = object()
         self.add(sentinel, self.prefill([token]))
         try:

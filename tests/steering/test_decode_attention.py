@@ -99,3 +99,38 @@ def test_a_row_with_no_slot_in_range_gets_zeros_not_nan():
     out = np.array(da.reference(q, k, v, 0.25, mx.array(10, dtype=mx.int32), mx.array([0, 20], dtype=mx.int32)))
     assert np.isfinite(out).all()
     assert np.allclose(out[1], 0.0) and np.allclose(out[0], 1.0)
+
+
+def test_warm_up_falls_back_to_mlx_when_the_kernel_fails(tiny_llama, monkeypatch):
+    """A kernel that cannot build or launch on a machine must not take the server down: warm-up
+    (the server's first trace) turns it off for the process and traces again with mlx's path."""
+    from mlx_interp.steering.generation import steering_session
+
+    monkeypatch.setattr(da, "_failed", None)
+    monkeypatch.setenv(da.KERNEL_ENV, "reference")
+
+    def broken(*_):
+        raise RuntimeError("nvrtc: too many resources requested for launch")
+
+    monkeypatch.setattr(da, "reference", broken)
+    with steering_session(tiny_llama, capture_layers=None, compiled=True) as batch:
+        with pytest.warns(RuntimeWarning, match="too many resources"):
+            batch.warm_up()
+        assert da.mode() == "off" and "too many resources" in da.failure()
+        assert len(batch.compiled._fns) == 2 and not batch.rows  # traced again (plain, probed), left empty
+        pre = batch.prefill([5, 6, 7])
+        batch.add(0, pre)
+        logits, _ = batch.step([int(mx.argmax(pre.logits.reshape(-1)))], capture=False)
+        assert np.isfinite(np.array(logits)).all()
+
+
+def test_warm_up_errors_are_not_swallowed_when_nothing_is_diverted(tiny_llama, monkeypatch):
+    from mlx_interp.steering.generation import steering_session
+
+    monkeypatch.setattr(da, "_failed", None)
+    monkeypatch.setenv(da.KERNEL_ENV, "0")
+    with steering_session(tiny_llama, capture_layers=None, compiled=True) as batch:
+        monkeypatch.setattr(batch, "prefill", lambda *_: (_ for _ in ()).throw(ValueError("a real failure")))
+        with pytest.raises(ValueError, match="a real failure"):
+            batch.warm_up()
+    assert da.failure() is None
