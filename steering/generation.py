@@ -241,7 +241,6 @@ class DecodeBatch:
         7B-shape model on an H200, which would otherwise fall on the first client's first token.
         On CPU it costs tens to hundreds of milliseconds (kernels are cached on disk).
         """
-
         from . import decode_attention
 
         if self.compiled is None or self.rows:
