@@ -27,7 +27,7 @@ def _scores(hidden, W, b, mask, nan):
 # The bank is scored every decode step. Uncompiled that is eight array operations, each one host
 # launch; on a GPU, where one stream's step is bound by launches, they cost ~2% of the step. Compiled
 # (shapeless: one trace serves every batch size and prompt length) they are a matmul and one fused
-# kernel, with results identical to the uncompiled expression (tests/probes/test_scoring.py).
+# kernel, with results identical to the uncompiled expression (tests/probes/test_probes_scoring.py).
 _scores_compiled = mx.compile(_scores, shapeless=True)
 
 

@@ -29,6 +29,7 @@ import math
 import os
 import threading
 from contextlib import contextmanager
+
 import mlx.core as mx
 
 KERNEL_ENV = "MLX_INTERP_DECODE_KERNEL"
